@@ -1,0 +1,122 @@
+"""Files that never lie: atomic writes, sha256 records, and checkpoint loads that cannot run code.
+
+Every file the project writes goes to a temporary file in the same folder first and is
+renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a crash leaves
+either the old file or the new one, never half of one. Every checkpoint load goes through
+:func:`load_checkpoint`, which uses ``torch.load(weights_only=True)`` and turns the usual
+failures (an HTML page saved as ``.pt``, a truncated download, a pickle that would execute
+code) into a one-line :class:`~ciard_bench.errors.UserError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+FORMAT = "ciard-bench/1"
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write to {str(path.parent)!r}: {err.strerror}; "
+                        "choose a writable output folder") from err
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with _atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` ``obj`` to ``path`` atomically; returns the file's sha256."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sniff(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        raise UserError(f"checkpoint {str(path)!r} is an HTML page, not a PyTorch file "
+                        "(a failed Google-Drive download?); download it again")
+    if not head:
+        raise UserError(f"checkpoint {str(path)!r} is empty; expected a PyTorch .pt file")
+
+
+def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> Any:
+    """Load a PyTorch file with ``weights_only=True`` onto the CPU.
+
+    Raises a one-line ``UserError`` when the file is missing, an HTML page, truncated,
+    not a PyTorch file, holds objects that would run code when unpickled, or does not
+    match ``expected_sha256``.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist; expected a .pt/.pth file")
+    _sniff(path)
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise UserError(f"checkpoint {str(path)!r} does not match its recorded sha256 "
+                        f"{expected_sha256[:12]}...; it was modified or corrupted")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(f"checkpoint {str(path)!r} holds objects that could run code when "
+                            f"loaded ({first[:120]}); refusing it (weights_only=True)") from err
+        raise UserError(f"checkpoint {str(path)!r} is not a PyTorch file ({first[:120]})") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {str(path)!r} is truncated or corrupt ({first[:120]}); "
+                        "expected a complete PyTorch file") from err

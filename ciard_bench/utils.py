@@ -1,0 +1,122 @@
+"""Small shared helpers: eps parsing, device resolution, seeding, provenance."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def parse_fraction(text: str | float | int, what: str = "value") -> float:
+    """Parse ``"8/255"``, ``"0.031"`` or a number, with ``fractions.Fraction`` (never ``eval``)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    try:
+        return float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError) as err:
+        raise UserError(f"{what} {text!r} is not a number; accepted: a float or a fraction "
+                        "like 8/255") from err
+
+
+def parse_eps(text: str | float, what: str = "eps", allow_zero: bool = False) -> float:
+    """Parse an L-inf radius for images in [0, 1]; reject pixel units (8 instead of 8/255)."""
+    eps = parse_fraction(text, what)
+    if eps != eps or eps < 0 or (eps == 0 and not allow_zero):
+        raise UserError(f"{what} {text!r} must be > 0; accepted: a radius in (0, 1] "
+                        "for images in [0, 1], e.g. 8/255")
+    if eps > 1:
+        hint = f" (did you mean {text}/255?)" if eps <= 255 else ""
+        raise UserError(f"{what} {text!r} looks like pixel units{hint}; accepted: a radius "
+                        "in (0, 1] for images in [0, 1], e.g. 8/255")
+    return eps
+
+
+def positive_int(text: str | int, what: str) -> int:
+    """Parse an integer > 0 with a one-line error."""
+    try:
+        value = int(str(text))
+    except ValueError as err:
+        raise UserError(f"{what} {text!r} is not an integer; accepted: an integer > 0") from err
+    if value <= 0:
+        raise UserError(f"{what} {value} must be > 0; accepted: an integer > 0")
+    return value
+
+
+def resolve_device(name: str | None = "auto") -> "Any":
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> ``torch.device``; clear error without a GPU."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
+                            "accepted here: cpu, auto")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as err:
+            raise UserError(f"device {name!r} is not valid; accepted: auto, cpu, cuda, cuda:N") from err
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} does not exist; this machine has "
+                            f"{torch.cuda.device_count()} GPU(s)")
+        return dev
+    raise UserError(f"device {name!r} is not valid; accepted: auto, cpu, cuda, cuda:N")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def git_revision() -> str | None:
+    """The git commit of the ciard-bench source tree, if it is a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    if out.returncode != 0 or not rev:
+        return None
+    return rev + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance(device: Any = None, seed: int | None = None) -> dict:
+    """Versions, git revision, device and host: recorded in every result JSON."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("ciard-bench", "torch", "torchvision", "torchattacks", "pyautoattack",
+                "robustbench", "numpy", "pandas"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    info = {"versions": versions, "git_revision": git_revision(), "python": platform.python_version(),
+            "platform": platform.platform(), "hostname": platform.node(), "seed": seed}
+    if device is not None:
+        info["device"] = str(device)
+        try:
+            import torch
+            if torch.device(device).type == "cuda":
+                info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        except (RuntimeError, AssertionError):
+            pass
+    info["cpu_count"] = os.cpu_count()
+    return info
