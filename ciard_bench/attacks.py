@@ -1,0 +1,312 @@
+"""The evaluation attacks of CIARD's protocol, built on torchattacks and pyautoattack.
+
+One table (:data:`PROTOCOL`) holds every hyperparameter of every attack; ``create_attack``
+builds an attack from it and ``attack_settings`` returns the resolved values for the result
+JSON and the table captions, so the two cannot disagree. Every attack is a
+``Attack`` (``attack(x, y) -> x_adv``, inputs in [0, 1]), whose base class puts
+the model in eval mode for the attack and restores its mode afterwards.
+
+* ``cw_inf`` -- :class:`CWLinf`: PGD on the CW margin loss (Carlini & Wagner 2017, the
+  loss of ``attack_eval.py`` in eminentgu/CIARD). torchattacks clamps to [0, 1] after every
+  step and so does ``CWLinf`` by default; the released code clamps only after the last step
+  (``clamp_every_step=False`` reproduces it).
+* ``square`` is torchattacks' Square with 100 queries, as the released ``attack_eval.py``;
+  ``square_aa`` is AutoAttack's own Square (5000 queries, ``p_init`` 0.8, no schedule rescale).
+* ``aa`` runs pyautoattack (Croce & Hein 2020) one sub-attack at a time on the points still
+  robust -- the same cascade, batches and seeds as ``run_standard_evaluation`` -- so it can
+  keep its own resume file: pyautoattack 0.2.0's ``state_path`` cannot be restored (it
+  writes the attack set as a string and reads back an unbound ``y_adv``).
+* ``transfer_*`` craft the examples on a ``source`` model (the robust teacher) and are scored
+  on the model under evaluation. ``noise`` (uniform noise in the eps ball) is a sanity check.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torchattacks.attack import Attack
+
+from ._compat import import_autoattack
+from .checkpoint import atomic_write_json
+from .errors import UserError, choices_error
+
+log = logging.getLogger(__name__)
+
+# kind: white-box | black-box | transfer | sanity.  Numbers are the paper's / released code's.
+PROTOCOL: dict[str, dict[str, Any]] = {
+    "fgsm": {"kind": "white-box", "impl": "torchattacks.FGSM", "loss": "ce", "steps": 1,
+             "step_size": "eps", "random_start": False},
+    "pgd_sat": {"kind": "white-box", "impl": "torchattacks.PGD", "loss": "ce", "steps": 20,
+                "alpha": 2 / 255, "random_start": True},
+    "pgd_trades": {"kind": "white-box", "impl": "torchattacks.PGD", "loss": "ce", "steps": 20,
+                   "alpha": 0.003, "random_start": True},
+    "cw_inf": {"kind": "white-box", "impl": "ciard_bench.attacks.CWLinf", "loss": "cw_margin",
+               "kappa": 50.0, "steps": 30, "alpha": 2 / 255, "random_start": False,
+               "clamp_every_step": True},
+    "square": {"kind": "black-box", "impl": "torchattacks.Square", "norm": "Linf",
+               "n_queries": 100, "n_restarts": 1, "p_init": 0.8, "loss": "margin",
+               "resc_schedule": True, "seed": 0},
+    # AutoAttack's Square: 5000 queries, p_init 0.8, resc_schedule False (pyautoattack defaults)
+    "square_aa": {"kind": "black-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
+                  "version": "custom", "attacks": ["square"], "seed": 0, "n_classes": 10,
+                  "batch_size": 250},
+    "aa": {"kind": "white-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
+           "version": "standard", "attacks": None, "seed": 0, "n_classes": 10,
+           "batch_size": 250},
+    "transfer_pgd_trades": {"kind": "transfer", "base": "pgd_trades", "crafted_on": "source"},
+    "transfer_cw_inf": {"kind": "transfer", "base": "cw_inf", "crafted_on": "source"},
+    "noise": {"kind": "sanity", "impl": "ciard_bench.attacks.UniformNoise",
+              "distribution": "uniform", "draws": 20},
+}
+_AA_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def list_attacks(kind: str | None = None) -> list[str]:
+    """Registered attack names (in protocol order), optionally only one ``kind``."""
+    return [n for n, s in PROTOCOL.items() if kind is None or s["kind"] == kind]
+
+
+def attack_settings(name: str, eps: float = 8 / 255, **overrides: Any) -> dict:
+    """Every hyperparameter of attack ``name`` after ``overrides``: for JSON and captions."""
+    if name not in PROTOCOL:
+        raise choices_error("attack", name, list(PROTOCOL))
+    table = dict(PROTOCOL[name])
+    if table["kind"] == "transfer":
+        base = attack_settings(table["base"], eps, **overrides)
+        return {**base, "name": name, "kind": "transfer", "base": table["base"],
+                "crafted_on": "source"}
+    unknown = sorted(set(overrides) - set(table) - {"eps"})
+    if unknown:
+        raise UserError(f"attack {name!r} has no setting {unknown[0]!r}; accepted: "
+                        f"{', '.join(sorted(k for k in table if k not in ('kind', 'impl')))}")
+    settings = {"name": name, **table, **overrides, "eps": float(eps)}
+    if name == "fgsm":
+        settings["step_size"] = float(eps)
+    if settings["impl"] == "pyautoattack.AutoAttack":
+        settings.update(_aa_derived(settings))
+    return settings
+
+
+def _aa_derived(s: dict) -> dict:
+    # pyautoattack uses 9 target classes (right for CIFAR-100 too); fewer classes need fewer.
+    n_target = max(1, min(9, int(s["n_classes"]) - 1))
+    if s["version"] == "standard":
+        if s.get("attacks"):
+            raise UserError("AutoAttack version 'standard' runs a fixed attack list; "
+                            "use version='custom' with attacks=[...]")
+        return {"attacks": list(_AA_STANDARD), "apgd_n_iter": 100, "apgd_n_restarts": 1,
+                "apgd_t_n_target_classes": n_target, "fab_t_n_target_classes": n_target,
+                "square_n_queries": 5000, "square_p_init": 0.8}
+    if s["version"] != "custom" or not s.get("attacks"):
+        raise UserError(f"AutoAttack version {s['version']!r} needs attacks=[...]; accepted: "
+                        "standard, or custom with attacks from apgd-ce, apgd-dlr, apgd-t, "
+                        "fab, fab-t, square")
+    return {"attacks": list(s["attacks"]), "apgd_t_n_target_classes": n_target,
+            "fab_t_n_target_classes": n_target}
+
+
+def cw_margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
+    """Per-example CW loss ``-max(z_y - max_{j != y} z_j + kappa, 0)`` (to be maximised)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return -torch.clamp(true - others.max(dim=1).values + kappa, min=0)
+
+
+class CWLinf(Attack):
+    """L-inf PGD on the CW margin loss (confidence ``kappa``), as in CIARD's ``attack_eval.py``.
+
+    Defaults: kappa 50, 30 steps of 2/255, zero start. ``clamp_every_step=True`` is the
+    torchattacks convention; the released code clamps to [0, 1] only after the last step.
+    """
+
+    def __init__(self, model: torch.nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255,
+                 steps: int = 30, kappa: float = 50.0, random_start: bool = False,
+                 clamp_every_step: bool = True):
+        super().__init__("CWLinf", model)
+        self.eps, self.alpha, self.steps, self.kappa = eps, alpha, steps, kappa
+        self.random_start, self.clamp_every_step = random_start, clamp_every_step
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.clone().detach().to(self.device)
+        labels = labels.clone().detach().to(self.device)
+        adv = images.clone()
+        if self.random_start:
+            adv = torch.clamp(adv + torch.empty_like(adv).uniform_(-self.eps, self.eps), 0, 1)
+        for _ in range(self.steps):
+            adv.requires_grad_(True)
+            loss = cw_margin_loss(self.get_logits(adv), labels, self.kappa).sum()
+            grad = torch.autograd.grad(loss, adv)[0]
+            adv = images + torch.clamp(adv.detach() + self.alpha * grad.sign() - images,
+                                       -self.eps, self.eps)
+            if self.clamp_every_step:
+                adv = torch.clamp(adv, 0, 1)
+        return torch.clamp(adv, 0, 1).detach()
+
+
+class UniformNoise(Attack):
+    """Random uniform noise in the eps ball, ``draws`` tries per point (a sanity baseline).
+
+    Returns the first draw that the model misclassifies, else the last draw.
+    """
+
+    def __init__(self, model: torch.nn.Module, eps: float = 8 / 255, draws: int = 20):
+        super().__init__("UniformNoise", model)
+        self.eps, self.draws = eps, draws
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images, labels = images.to(self.device), labels.to(self.device)
+        best = images.clone()
+        alive = torch.ones(len(images), dtype=torch.bool, device=images.device)
+        for _ in range(self.draws):
+            cand = torch.clamp(images + torch.empty_like(images).uniform_(-self.eps, self.eps), 0, 1)
+            best[alive] = cand[alive]
+            alive &= self.get_logits(cand).argmax(1) == labels
+        return best
+
+
+class Transfer(Attack):
+    """Examples crafted by ``source_attack`` on its own (source) model; ``model`` is scored."""
+
+    def __init__(self, model: torch.nn.Module, source_attack: Attack):
+        super().__init__("Transfer", model)
+        self.source_attack = source_attack
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.source_attack(images, labels).to(images.device)
+
+
+class AutoAttackAdapter(Attack):
+    """pyautoattack's AutoAttack behind ``attack(x, y) -> x_adv``, with a resume file.
+
+    Runs the sub-attacks of ``settings["attacks"]`` in order, each on the points still robust
+    (pyautoattack's cascade). After each sub-attack the robust flags go to ``state_path``
+    (JSON); a later call with the same file, points and settings skips finished sub-attacks.
+    Points broken before a resume come back unperturbed; ``robust_flags`` is authoritative.
+    """
+
+    def __init__(self, model: torch.nn.Module, settings: dict, state_path: str | Path | None = None):
+        super().__init__("AutoAttack", model)
+        s = self.settings = settings
+        device = self.device or torch.device("cpu")
+        kwargs = {"attacks": list(s["attacks"])} if s["version"] == "custom" else {}
+        aa = import_autoattack()
+        self.aa = aa.AutoAttack(model, norm=s["norm"], eps=s["eps"], version=s["version"],
+                                device=device, seed=s["seed"], **kwargs)
+        self.aa.apgd_targeted.n_target_classes = s["apgd_t_n_target_classes"]
+        self.aa.fab.n_target_classes = s["fab_t_n_target_classes"]
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.robust_flags: torch.Tensor | None = None
+        self.sub_accuracy: dict[str, float] = {}
+        self.restored: list[str] = []
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        flags, done = self._restore(images, labels)
+        adv = images.clone().detach()
+        for name in self.settings["attacks"]:
+            if name in done:
+                continue
+            idx = flags.nonzero().flatten()
+            if len(idx):
+                self.aa.attacks_to_run = [name]
+                x_sub, _ = self.aa.run_standard_evaluation(
+                    images[idx], labels[idx], batch_size=int(self.settings["batch_size"]))
+                x_sub = x_sub.to(images.device)
+                with torch.no_grad():
+                    ok = self._predict(x_sub) == labels[idx].to(self.device)
+                broken = idx[~ok.to(idx.device)]
+                adv[broken] = x_sub[~ok.to(x_sub.device)]
+                flags[broken] = False
+            done.append(name)
+            self.sub_accuracy[name] = 100.0 * flags.float().mean().item()
+            self._save(images, labels, flags, done)
+        self.robust_flags = flags.clone()
+        return adv
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        bs = int(self.settings["batch_size"])
+        return torch.cat([self.get_logits(x[i:i + bs].to(self.device)).argmax(1)
+                          for i in range(0, len(x), bs)])
+
+    def _fingerprint(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        keys = ("eps", "norm", "version", "attacks", "seed", "batch_size",
+                "apgd_t_n_target_classes", "fab_t_n_target_classes")
+        return {"n": len(labels), "labels_sum": int(labels.sum()),
+                "images_sum": round(float(images.double().sum()), 3),
+                "settings": {k: self.settings[k] for k in keys}}
+
+    def _restore(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list]:
+        self.sub_accuracy, self.restored = {}, []
+        if self.state_path is None or not self.state_path.exists():
+            with torch.no_grad():
+                flags = (self._predict(images) == labels.to(self.device)).to(images.device)
+            return flags, []
+        state = json.loads(self.state_path.read_text())
+        if state.get("fingerprint") != self._fingerprint(images, labels):
+            raise UserError(f"AutoAttack state {str(self.state_path)!r} was written for other "
+                            "points or settings; delete it or pass another --aa-state")
+        flags = torch.tensor([c == "1" for c in state["robust_flags"]], device=images.device)
+        self.restored = list(state["done"])
+        self.sub_accuracy = dict(state.get("sub_accuracy", {}))
+        log.info("AutoAttack: resumed from %s after %s", self.state_path, ", ".join(self.restored))
+        return flags, list(state["done"])
+
+    def _save(self, images, labels, flags, done) -> None:
+        if self.state_path is None:
+            return
+        atomic_write_json(self.state_path, {
+            "format": "ciard-bench/aa-state/1", "fingerprint": self._fingerprint(images, labels),
+            "done": done, "sub_accuracy": self.sub_accuracy,
+            "robust_flags": "".join("1" if f else "0" for f in flags.tolist())})
+
+
+def _build_torchattacks(model, s, **_):
+    if s["name"] == "fgsm":
+        return torchattacks.FGSM(model, eps=s["eps"])
+    if s["name"] in ("pgd_sat", "pgd_trades"):
+        return torchattacks.PGD(model, eps=s["eps"], alpha=s["alpha"], steps=s["steps"],
+                                random_start=s["random_start"])
+    return torchattacks.Square(model, norm=s["norm"], eps=s["eps"], n_queries=s["n_queries"],
+                               n_restarts=s["n_restarts"], p_init=s["p_init"], loss=s["loss"],
+                               resc_schedule=s["resc_schedule"], seed=s["seed"])
+
+
+_BUILDERS: dict[str, Callable[..., Attack]] = {
+    "fgsm": _build_torchattacks, "pgd_sat": _build_torchattacks,
+    "pgd_trades": _build_torchattacks, "square": _build_torchattacks,
+    "cw_inf": lambda model, s, **_: CWLinf(model, eps=s["eps"], alpha=s["alpha"],
+                                           steps=s["steps"], kappa=s["kappa"],
+                                           random_start=s["random_start"],
+                                           clamp_every_step=s["clamp_every_step"]),
+    "square_aa": lambda model, s, state_path=None: AutoAttackAdapter(model, s, state_path),
+    "aa": lambda model, s, state_path=None: AutoAttackAdapter(model, s, state_path),
+    "noise": lambda model, s, **_: UniformNoise(model, eps=s["eps"], draws=s["draws"]),
+}
+
+
+def create_attack(name: str, model: torch.nn.Module, eps: float = 8 / 255, n_classes: int = 10,
+                  seed: int = 0, source: torch.nn.Module | None = None,
+                  state_path: str | Path | None = None, **overrides: Any) -> Attack:
+    """Build attack ``name`` against ``model`` with the protocol settings (see ``PROTOCOL``).
+
+    ``n_classes`` and ``seed`` reach the attacks that use them (AutoAttack, Square);
+    ``source`` is the model transfer attacks craft on; ``state_path`` is AutoAttack's resume
+    file; ``overrides`` replace table entries (``steps=100``, ``n_queries=5000`` ...).
+    """
+    if name not in PROTOCOL:
+        raise choices_error("attack", name, list(PROTOCOL))
+    table = PROTOCOL[name]
+    if table["kind"] == "transfer":
+        if source is None:
+            raise UserError(f"attack {name!r} needs a source model to craft examples on "
+                            "(--source PATH or rb:NAME)")
+        inner = create_attack(table["base"], source, eps, n_classes, seed, **overrides)
+        return Transfer(model, inner)
+    extra = {k: v for k, v in (("n_classes", n_classes), ("seed", seed)) if k in table}
+    settings = attack_settings(name, eps, **{**extra, **overrides})
+    return _BUILDERS[name](model, settings, state_path=state_path)
