@@ -1,0 +1,7 @@
+"""Training methods: one registry, one module per method (imported explicitly here)."""
+from .base import (Context, Method, TeacherTraining, create_method, get_method, list_methods,
+                   make_options, register_method)
+from . import standard, trades, ciard  # noqa: F401  (registration)
+
+__all__ = ["Context", "Method", "TeacherTraining", "create_method", "get_method", "list_methods",
+           "make_options", "register_method"]

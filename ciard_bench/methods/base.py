@@ -1,0 +1,174 @@
+"""The one interface every training method implements, and the method registry.
+
+A method is an ``nn.Module`` that owns the student, its teachers and its adaptive state
+(buffers), so one ``state_dict`` checkpoints all of it. The training engine only calls:
+
+* ``forward(x, y) -> dict`` of named loss terms; ``"loss"`` is what the student minimises.
+  A trainable teacher's loss (CIARD's ITT) is returned under its ``TeacherTraining.loss_key``
+  only on steps where it trains.
+* ``begin_epoch(epoch)`` / ``end_epoch(epoch)`` (1-indexed, as the released scripts count).
+* ``teacher_trainings()``: teachers the method trains, each with its own optimiser settings.
+* ``checkpoint_state()`` / ``load_checkpoint_state()``: everything but frozen teachers.
+
+The engine knows nothing about any particular method.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError, choices_error
+
+
+@dataclass
+class TeacherTraining:
+    """A teacher the method trains alongside the student (after the student's step)."""
+    name: str                       # attribute name of the module on the method
+    loss_key: str                   # key of forward()'s dict holding its loss when active
+    lr_at: Callable[[int], float]   # epoch (1-indexed) -> learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Context:
+    """What every method needs to know about the run."""
+    num_classes: int
+    epochs: int
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 10
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set the class attributes and implement ``forward``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    teachers: ClassVar[tuple[str, ...]] = ()        # roles: "clean_teacher", "robust_teacher"
+    train_defaults: ClassVar[dict[str, Any]] = {}   # epochs, batch_size, schedule, ... as released
+
+    @dataclass
+    class Options:
+        """Method hyperparameters (none by default)."""
+
+    def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], ctx: Context,
+                 options: "Method.Options | None" = None):
+        super().__init__()
+        missing = [role for role in self.teachers if teachers.get(role) is None]
+        if missing:
+            raise UserError(f"method {self.name!r} needs {', '.join(missing)}; "
+                            f"give them with --{missing[0].replace('_', '-')} SPEC")
+        self.student = student
+        for role in self.teachers:
+            teacher = teachers[role]
+            teacher.eval()
+            teacher.requires_grad_(False)
+            setattr(self, role, teacher)
+        self.ctx = ctx
+        self.opts = options if options is not None else self.Options()
+
+    # -- hooks -------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before the first step of ``epoch`` (1-indexed)."""
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called after the last step of ``epoch``."""
+
+    def teacher_trainings(self) -> list[TeacherTraining]:
+        """Teachers this method trains (none by default)."""
+        return []
+
+    def train(self, mode: bool = True) -> "Method":
+        """Only the student follows ``train()``; teachers keep the modes the method sets."""
+        self.training = mode
+        self.student.train(mode)
+        return self
+
+    # -- checkpointing -----------------------------------------------------------------
+    def _frozen_prefixes(self) -> tuple[str, ...]:
+        trained = {t.name for t in self.teacher_trainings()}
+        return tuple(f"{role}." for role in self.teachers if role not in trained)
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """State dict without frozen teachers (they are reloaded from their source)."""
+        frozen = self._frozen_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        frozen = self._frozen_prefixes()
+        result = self.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(frozen)]
+        if missing or result.unexpected_keys:
+            raise UserError(f"checkpoint does not fit method {self.name!r}: missing "
+                            f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+    def state_summary(self) -> dict[str, Tensor]:
+        """Scalar adaptive state to log each epoch (tensors; the engine syncs once)."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry (a duplicate name is an error)."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        raise choices_error("method", name, list_methods())
+    return _REGISTRY[name]
+
+
+def make_options(cls: type[Method], values: dict[str, Any] | None) -> Method.Options:
+    """Build ``cls.Options`` from a dict, rejecting unknown keys and bad choices in one line."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r} for method {cls.name!r}; accepted: "
+                        f"{', '.join(sorted(fields)) or '(none)'}")
+    for key, value in values.items():
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{key} {value!r} is not valid for method {cls.name!r}; "
+                            f"accepted: {', '.join(choices)}")
+    return cls.Options(**values)
+
+
+def create_method(name: str, student: nn.Module, teachers: dict[str, nn.Module], ctx: Context,
+                  options: dict[str, Any] | None = None) -> Method:
+    """Build a registered method from its name, models, run context and options."""
+    cls = get_method(name)
+    return cls(student, teachers, ctx, make_options(cls, options))
+
+
+def milestone(epoch_of_300: float, epochs: int) -> int:
+    """Scale an epoch milestone of the 300-epoch protocol to a run of ``epochs`` epochs."""
+    return max(1, round(epoch_of_300 * epochs / 300))
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its ``--help`` text (and choices) for the CLI."""
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def as_float_tensor(value: float) -> Tensor:
+    return torch.tensor(float(value), dtype=torch.float32)

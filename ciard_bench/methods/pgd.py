@@ -1,0 +1,69 @@
+"""Projected sign-gradient ascent for *training* (the inner maximisation of every method).
+
+Evaluation attacks live in :mod:`ciard_bench.attacks` (torchattacks); training methods need
+variants the libraries do not offer (a loss through two models, a Gaussian start without
+clamping, the released codes' exact order of operations), so they share this one loop.
+
+It only ever asks autograd for the gradient with respect to the input, so no parameter's
+``.grad`` is touched; BatchNorm statistics are untouched when the models are in eval mode,
+which :func:`eval_mode` arranges and undoes.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """Put ``modules`` in eval mode; restore every submodule's own mode afterwards."""
+    saved = [(m, [(sub, sub.training) for sub in m.modules()]) for m in modules if m is not None]
+    for m, _ in saved:
+        m.eval()
+    try:
+        yield
+    finally:
+        for _, flags in saved:
+            for sub, was_training in flags:
+                sub.training = was_training
+
+
+def random_start(x: Tensor, start: str, eps: float, gauss_std: float = 1e-3) -> Tensor:
+    """``gauss``: x + 0.001 N(0, I); ``uniform``: x + U(-eps, eps); ``zero``: x (none clamped)."""
+    if start == "gauss":
+        return x + gauss_std * torch.randn_like(x)
+    if start == "uniform":
+        return x + torch.empty_like(x).uniform_(-eps, eps)
+    if start == "zero":
+        return x.clone()
+    raise ValueError(f"unknown PGD start {start!r}; accepted: gauss, uniform, zero")
+
+
+def pgd(loss_fn: Callable[[Tensor], Tensor], x: Tensor, *, eps: float, alpha: float, steps: int,
+        start: str = "gauss", clamp_start: bool = False,
+        on_iterate: Callable[[Tensor], None] | None = None) -> Tensor:
+    """Maximise ``loss_fn(x_adv)`` over the L-inf ball of radius ``eps`` around ``x``.
+
+    Each step: x_adv <- clip01(proj_eps(x_adv + alpha * sign(grad))). Runs in fp32 (autocast
+    off) with gradients enabled only for the input. ``on_iterate`` sees every iterate before
+    its step (Fair-ARD counts correct predictions there). Returns a detached tensor.
+    """
+    x = x.detach()
+    x_adv = random_start(x, start, eps)
+    if clamp_start:
+        x_adv = x_adv.clamp(0, 1)
+    lower, upper = x - eps, x + eps
+    device_type = x.device.type
+    with torch.autocast(device_type=device_type, enabled=False), torch.enable_grad():
+        for _ in range(steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            if on_iterate is not None:
+                on_iterate(x_adv)
+            loss = loss_fn(x_adv)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + alpha * grad.sign()
+            x_adv = torch.minimum(torch.maximum(x_adv, lower), upper).clamp_(0, 1)
+    return x_adv.detach()
