@@ -54,10 +54,11 @@ PROTOCOL: dict[str, dict[str, Any]] = {
     # AutoAttack's Square: 5000 queries, p_init 0.8, resc_schedule False (pyautoattack defaults)
     "square_aa": {"kind": "black-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
                   "version": "custom", "attacks": ["square"], "seed": 0, "n_classes": 10,
-                  "batch_size": 250},
+                  "batch_size": 250, "n_iter": 100, "square_n_queries": 5000},
+    # n_iter: APGD / FAB iterations; 9 target classes (fewer when n_classes < 10)
     "aa": {"kind": "white-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
            "version": "standard", "attacks": None, "seed": 0, "n_classes": 10,
-           "batch_size": 250},
+           "batch_size": 250, "n_iter": 100, "square_n_queries": 5000},
     "transfer_pgd_trades": {"kind": "transfer", "base": "pgd_trades", "crafted_on": "source"},
     "transfer_cw_inf": {"kind": "transfer", "base": "cw_inf", "crafted_on": "source"},
     "noise": {"kind": "sanity", "impl": "ciard_bench.attacks.UniformNoise",
@@ -99,9 +100,9 @@ def _aa_derived(s: dict) -> dict:
         if s.get("attacks"):
             raise UserError("AutoAttack version 'standard' runs a fixed attack list; "
                             "use version='custom' with attacks=[...]")
-        return {"attacks": list(_AA_STANDARD), "apgd_n_iter": 100, "apgd_n_restarts": 1,
+        return {"attacks": list(_AA_STANDARD), "apgd_n_restarts": 1, "fab_n_restarts": 1,
                 "apgd_t_n_target_classes": n_target, "fab_t_n_target_classes": n_target,
-                "square_n_queries": 5000, "square_p_init": 0.8}
+                "square_p_init": 0.8}
     if s["version"] != "custom" or not s.get("attacks"):
         raise UserError(f"AutoAttack version {s['version']!r} needs attacks=[...]; accepted: "
                         "standard, or custom with attacks from apgd-ce, apgd-dlr, apgd-t, "
@@ -200,9 +201,13 @@ class AutoAttackAdapter(Attack):
                                 device=device, seed=s["seed"], **kwargs)
         self.aa.apgd_targeted.n_target_classes = s["apgd_t_n_target_classes"]
         self.aa.fab.n_target_classes = s["fab_t_n_target_classes"]
+        for part in (self.aa.apgd, self.aa.apgd_targeted, self.aa.fab):
+            part.n_iter = s["n_iter"]
+        self.aa.square.n_queries = s["square_n_queries"]
         self.state_path = Path(state_path) if state_path is not None else None
-        self.robust_flags: torch.Tensor | None = None
-        self.sub_accuracy: dict[str, float] = {}
+        self.robust_flags: torch.Tensor | None = None  # per point of the last call
+        self.from_state: torch.Tensor | None = None    # broken before a resume: no x_adv
+        self.sub_robust: dict[str, int] = {}           # robust points after each sub-attack
         self.restored: list[str] = []
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -223,7 +228,7 @@ class AutoAttackAdapter(Attack):
                 adv[broken] = x_sub[~ok.to(x_sub.device)]
                 flags[broken] = False
             done.append(name)
-            self.sub_accuracy[name] = 100.0 * flags.float().mean().item()
+            self.sub_robust[name] = int(flags.sum())
             self._save(images, labels, flags, done)
         self.robust_flags = flags.clone()
         return adv
@@ -234,17 +239,18 @@ class AutoAttackAdapter(Attack):
                           for i in range(0, len(x), bs)])
 
     def _fingerprint(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        keys = ("eps", "norm", "version", "attacks", "seed", "batch_size",
-                "apgd_t_n_target_classes", "fab_t_n_target_classes")
+        keys = ("eps", "norm", "version", "attacks", "seed", "batch_size", "n_iter",
+                "square_n_queries", "apgd_t_n_target_classes", "fab_t_n_target_classes")
         return {"n": len(labels), "labels_sum": int(labels.sum()),
                 "images_sum": round(float(images.double().sum()), 3),
                 "settings": {k: self.settings[k] for k in keys}}
 
     def _restore(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list]:
-        self.sub_accuracy, self.restored = {}, []
+        self.sub_robust, self.restored = {}, []
         if self.state_path is None or not self.state_path.exists():
             with torch.no_grad():
                 flags = (self._predict(images) == labels.to(self.device)).to(images.device)
+            self.from_state = torch.zeros_like(flags)
             return flags, []
         state = json.loads(self.state_path.read_text())
         if state.get("fingerprint") != self._fingerprint(images, labels):
@@ -252,7 +258,8 @@ class AutoAttackAdapter(Attack):
                             "points or settings; delete it or pass another --aa-state")
         flags = torch.tensor([c == "1" for c in state["robust_flags"]], device=images.device)
         self.restored = list(state["done"])
-        self.sub_accuracy = dict(state.get("sub_accuracy", {}))
+        self.sub_robust = dict(state.get("sub_robust", {}))
+        self.from_state = ~flags
         log.info("AutoAttack: resumed from %s after %s", self.state_path, ", ".join(self.restored))
         return flags, list(state["done"])
 
@@ -261,7 +268,7 @@ class AutoAttackAdapter(Attack):
             return
         atomic_write_json(self.state_path, {
             "format": "ciard-bench/aa-state/1", "fingerprint": self._fingerprint(images, labels),
-            "done": done, "sub_accuracy": self.sub_accuracy,
+            "done": done, "sub_robust": self.sub_robust,
             "robust_flags": "".join("1" if f else "0" for f in flags.tolist())})
 
 
@@ -301,12 +308,16 @@ def create_attack(name: str, model: torch.nn.Module, eps: float = 8 / 255, n_cla
     if name not in PROTOCOL:
         raise choices_error("attack", name, list(PROTOCOL))
     table = PROTOCOL[name]
+    base = PROTOCOL[table.get("base", name)]
+    extra = {k: v for k, v in (("n_classes", n_classes), ("seed", seed)) if k in base}
+    settings = attack_settings(name, eps, **{**extra, **overrides})
     if table["kind"] == "transfer":
         if source is None:
             raise UserError(f"attack {name!r} needs a source model to craft examples on "
                             "(--source PATH or rb:NAME)")
-        inner = create_attack(table["base"], source, eps, n_classes, seed, **overrides)
-        return Transfer(model, inner)
-    extra = {k: v for k, v in (("n_classes", n_classes), ("seed", seed)) if k in table}
-    settings = attack_settings(name, eps, **{**extra, **overrides})
-    return _BUILDERS[name](model, settings, state_path=state_path)
+        attack = Transfer(model, create_attack(table["base"], source, eps, n_classes, seed,
+                                               **overrides))
+    else:
+        attack = _BUILDERS[name](model, settings, state_path=state_path)
+    attack.settings = settings  # what the result JSON records
+    return attack
