@@ -1,0 +1,18 @@
+"""Model registry, CIFAR architectures and checkpoint I/O.
+
+Students: ``resnet18``, ``mobilenet_v2``; teachers: ``resnet56``, ``wrn_22_6``, ``wrn_34_10``,
+``wrn_70_16``; CPU stand-ins used by the ``smoke`` preset and the tests: ``resnet18_tiny``,
+``mobilenet_v2_tiny``, ``resnet8``, ``wrn_10_2``. Every model takes [0, 1] images and returns
+logits; the ones that normalise do it inside ``forward``. ``python -m ciard_bench.models``
+prints each model's parameters and FLOPs.
+"""
+from __future__ import annotations
+
+from . import mobilenet, resnet, wide_resnet  # noqa: F401  (registers the architectures)
+from .io import build_model, load_model_file, load_state_dict_checked, save_model_file
+from .registry import (count_flops, count_parameters, create_model, list_models, model_kwargs,
+                       register_model)
+
+__all__ = ["build_model", "count_flops", "count_parameters", "create_model", "list_models",
+           "load_model_file", "load_state_dict_checked", "model_kwargs", "register_model",
+           "save_model_file"]
