@@ -406,3 +406,15 @@ def test_loader_same_with_workers_and_settings():
         with pytest.raises(UserError) as excinfo:
             make_loader(ds, bad, shuffle=False)
         _one_line_error(excinfo, "batch size")
+
+
+def test_loader_iteration_does_not_consume_the_global_rng():
+    """Creating an iterator must not draw from torch's global RNG (resume equivalence)."""
+    import torch
+    from ciard_bench.data import ArrayDataset, make_loader
+
+    ds = ArrayDataset(torch.zeros(10, 4, 4, 3, dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    iter(make_loader(ds, 4, shuffle=True, seed=1, epoch=2))
+    assert torch.equal(before, torch.get_rng_state())

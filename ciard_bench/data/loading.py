@@ -138,8 +138,12 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     cuda = torch.device(device).type == "cuda"
     if num_workers is None:  # on a CPU box workers only steal cores from the training step
         num_workers = min(8, os.cpu_count() or 1) if cuda else 0
+    # A DataLoader without a generator draws its workers' base seed from the global RNG each
+    # time an iterator starts, which would shift the training RNG stream after a resume.
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=num_workers, pin_memory=cuda, persistent_workers=False)
+                      num_workers=num_workers, pin_memory=cuda, persistent_workers=False,
+                      generator=generator)
 
 
 def to_float_nchw(x: torch.Tensor) -> torch.Tensor:

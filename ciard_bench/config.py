@@ -1,0 +1,209 @@
+"""Training configuration: dataclass defaults -> the method's released defaults -> a YAML/JSON
+file -> command-line flags. The resolved config is saved next to every run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .utils import parse_eps, parse_fraction
+
+AMP_MODES = ("none", "bf16", "fp16")
+PROTOCOLS = ("released", "shared")
+# The shared protocol (--protocol shared): every method trained like CIARD, for equal budgets.
+SHARED_PROTOCOL = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+                   "weight_decay": 2e-4, "schedule": "ciard_released"}
+_FALLBACK = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+             "weight_decay": 2e-4, "schedule": "multistep"}
+OPTIM_KEYS = tuple(_FALLBACK)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` means "the method's released default"."""
+    method: str = "ciard"
+    method_options: dict = field(default_factory=dict)
+    protocol: str = "released"
+    dataset: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    n_train: int | None = None
+    n_test: int | None = None
+    student: str = "resnet18"
+    student_kwargs: dict = field(default_factory=dict)
+    clean_teacher: str | None = None
+    robust_teacher: str | None = None
+    teacher_model_dir: str = "models"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    attack_steps: int = 10
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    eval_teachers: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    ckpt_every_steps: int = 0
+    num_workers: int | None = None
+    out: str = "runs/run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys that may change between a run and its resume (they do not change the math).
+RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size")
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill ``None`` optimiser settings from the method (or the shared protocol); validate."""
+    from .methods import get_method, make_options
+    from .schedules import get_schedule
+
+    method = get_method(cfg.method)
+    if cfg.protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {cfg.protocol!r}; accepted: {', '.join(PROTOCOLS)}")
+    defaults = {**_FALLBACK, **(SHARED_PROTOCOL if cfg.protocol == "shared" else method.train_defaults)}
+    values = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else defaults[k]) for k in OPTIM_KEYS}
+    out = dataclasses.replace(cfg, **values)
+    make_options(method, out.method_options)          # validates option names and choices
+    get_schedule(out.schedule)
+    for key in ("epochs", "batch_size", "attack_steps", "eval_every", "eval_batch_size"):
+        if int(getattr(out, key)) <= 0:
+            raise UserError(f"{key.replace('_', '-')} {getattr(out, key)} must be > 0; accepted: an integer > 0")
+    for key in ("n_train", "n_test"):
+        if getattr(out, key) is not None and int(getattr(out, key)) <= 0:
+            raise UserError(f"{key.replace('_', '-')} {getattr(out, key)} must be > 0")
+    if out.lr <= 0:
+        raise UserError(f"lr {out.lr} must be > 0")
+    parse_eps(out.eps, "eps")
+    parse_eps(out.alpha, "alpha")
+    if out.amp not in AMP_MODES:
+        raise UserError(f"unknown amp mode {out.amp!r}; accepted: {', '.join(AMP_MODES)}")
+    if out.ckpt_every_steps < 0:
+        raise UserError(f"ckpt-every-steps {out.ckpt_every_steps} must be >= 0")
+    return out
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of TrainConfig keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path!r} does not exist; accepted: a .yaml/.yml/.json file")
+    text = p.read_text()
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as err:  # noqa: BLE001 - any parser error is the user's file
+        raise UserError(f"config file {path!r} could not be parsed: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path!r} must hold a mapping of settings")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown setting {unknown[0]!r} in {path!r}; accepted: {', '.join(sorted(names))}")
+    return data
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine flags; each defaults to None so only what the user types overrides."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--config", help="YAML/JSON file of settings (flags override it)")
+    g.add_argument("--method", help="training method (see --list-methods); default ciard")
+    g.add_argument("--protocol", choices=PROTOCOLS, help="released: each method's own epochs/"
+                   "optimiser/schedule; shared: all methods trained like CIARD")
+    g.add_argument("--dataset", help="cifar10 | cifar100 | tiny_imagenet | digits | npz:PATH")
+    g.add_argument("--data-root", help="folder holding the datasets (default ./data)")
+    g.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
+    g.add_argument("--n-train", type=int, help="class-stratified training subset size")
+    g.add_argument("--n-test", type=int, help="class-stratified test subset for per-epoch evaluation")
+    g.add_argument("--student", help="student architecture (python -m ciard_bench.models)")
+    g.add_argument("--clean-teacher", help="clean teacher: PATH | ARCH=PATH | rb:NAME")
+    g.add_argument("--robust-teacher", help="robust teacher: PATH | ARCH=PATH | rb:NAME")
+    g.add_argument("--teacher-model-dir", help="RobustBench model_dir (default ./models)")
+    g.add_argument("--out", help="run folder (checkpoints, log, result)")
+    o = parser.add_argument_group("optimisation (default: the method's released values)")
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--batch-size", type=int)
+    o.add_argument("--lr", type=float)
+    o.add_argument("--momentum", type=float)
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--schedule", help="ciard_released | cosine | multistep | ard_released | ...")
+    o.add_argument("--eps", help="training L-inf radius (default 8/255)")
+    o.add_argument("--alpha", help="training PGD step (default 2/255)")
+    o.add_argument("--attack-steps", type=int, help="training PGD steps (default 10)")
+    o.add_argument("--seed", type=int)
+    e = parser.add_argument_group("evaluation and checkpoints")
+    e.add_argument("--eval-every", type=int, help="evaluate (clean, PGD_TRADES) every N epochs")
+    e.add_argument("--eval-batch-size", type=int)
+    e.add_argument("--eval-teachers", action=argparse.BooleanOptionalAction, default=None,
+                   help="also evaluate the teachers each evaluation (training curves, Fig. 3)")
+    e.add_argument("--ckpt-every-steps", type=int, help="also checkpoint every N steps inside an epoch")
+    d = parser.add_argument_group("device")
+    d.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    d.add_argument("--amp", help="none | bf16 | fp16 (CUDA only)")
+    d.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    d.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the student and teachers")
+    d.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU)")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, method_cls: type) -> None:
+    """One flag per field of the method's Options dataclass (help text from its metadata)."""
+    fields = dataclasses.fields(method_cls.Options)
+    if not fields:
+        return
+    g = parser.add_argument_group(f"{method_cls.name} options")
+    for f in fields:
+        kw: dict[str, Any] = {"dest": f"opt__{f.name}", "default": None, "metavar": f.name.upper(),
+                              "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+            del kw["metavar"]
+        elif "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+            del kw["metavar"]
+        elif isinstance(f.default, int) or f.type in ("int | None", int):
+            kw["type"] = int
+        elif isinstance(f.default, float):
+            kw["type"] = parse_fraction
+        g.add_argument(_flag(f.name), **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- config file <- flags."""
+    values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = dict(values.get("method_options") or {})
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key.startswith("opt__"):
+            options[key[5:]] = value
+        elif key in names:
+            values[key] = value
+    values["method_options"] = options
+    for key in ("eps", "alpha"):
+        if key in values:
+            values[key] = parse_eps(values[key], key)
+    return TrainConfig(**values)

@@ -1,0 +1,88 @@
+"""A run folder: resolved config, checkpoints, the JSONL log, the result — all written atomically.
+
+Layout of ``<out>/``::
+
+    config.json            the resolved TrainConfig
+    run.json               the commit point: which checkpoint files are current, their sha256
+    checkpoints/last-eEEEE-sSSSSSS.pt   full training state (resume)
+    checkpoints/best-eEEEE.pt           the student with the best (clean + PGD_TRADES)/2
+    log.jsonl              one record per epoch
+    result.json            final metrics + provenance
+
+A checkpoint is written under a new name first and only then made current by rewriting
+``run.json``; the file it replaces is deleted afterwards. A kill at any moment therefore
+leaves ``run.json`` pointing to complete files whose sha256 it records.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from .errors import UserError
+
+
+class RunDir:
+    def __init__(self, out: str | Path):
+        self.root = Path(out)
+        self.ckpt_dir = self.root / "checkpoints"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "run.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def read_state(self) -> dict[str, Any]:
+        if not self.exists():
+            return {}
+        try:
+            return json.loads(self.state_path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{str(self.state_path)!r} is not valid JSON; the run folder is damaged") from err
+
+    def _commit(self, state: dict[str, Any]) -> None:
+        keep = {entry["file"] for entry in (state.get("last"), state.get("best")) if entry}
+        atomic_write_json(self.state_path, state)
+        for stale in self.ckpt_dir.glob("*.pt"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+
+    def save(self, last: dict[str, Any], *, epoch: int, step: int, best: dict[str, Any] | None,
+             log: list[dict[str, Any]], extra_state: dict[str, Any]) -> None:
+        """Write the last (and, if given, a new best) checkpoint, the log, then commit."""
+        state = self.read_state()
+        name = f"last-e{epoch:04d}-s{step:06d}.pt"
+        sha = save_checkpoint(last, self.ckpt_dir / name)
+        state["last"] = {"file": name, "sha256": sha, "epoch": epoch, "step": step}
+        if best is not None:
+            bname = f"best-e{epoch:04d}.pt"
+            state["best"] = {"file": bname, "sha256": save_checkpoint(best, self.ckpt_dir / bname),
+                             "epoch": epoch, "metrics": best.get("metrics")}
+        state.update(extra_state)
+        self.write_log(log)
+        self._commit(state)
+
+    def write_log(self, log: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.root / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+
+    def load(self, which: str = "last") -> dict[str, Any] | None:
+        """The current ``last``/``best`` checkpoint, sha256-verified; None when there is none."""
+        entry = self.read_state().get(which)
+        if not entry:
+            return None
+        return load_checkpoint(self.ckpt_dir / entry["file"], expected_sha256=entry["sha256"])
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, str | None]:
+    """A checkpoint file, or a run folder (its current ``best``/``last``) -> (file, sha256)."""
+    path = Path(path)
+    if path.is_dir():
+        entry = RunDir(path).read_state().get(which)
+        if not entry:
+            raise UserError(f"run folder {str(path)!r} has no {which} checkpoint yet "
+                            f"(no run.json entry); train it first or pass a .pt file")
+        return path / "checkpoints" / entry["file"], entry["sha256"]
+    return path, None

@@ -1,0 +1,369 @@
+"""The training engine shared by every method: ``python -m ciard_bench.train``.
+
+Read top to bottom: build the run (data, models, method, optimisers), restore it if
+resuming, then for each epoch set the learning rates, run the steps, evaluate (clean and
+PGD_TRADES on a test subset), and checkpoint atomically. A run killed at any moment and
+restarted with ``--resume`` ends with the same weights as an uninterrupted run on CPU:
+data order and augmentation are functions of (seed, epoch, index), and every RNG,
+optimiser, scaler and adaptive method state is in the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import sys
+import time
+from typing import Any
+
+from .config import RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments, config_from_args, resolve
+from .errors import UserError, cli_main
+from .runs import RunDir
+from .utils import provenance, resolve_device, seed_everything
+
+log = logging.getLogger("ciard_bench.train")
+FORMAT = "ciard-bench/1"
+LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the device)
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def _rng_state(device) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_gauss": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype("int64")), "numpy_pos": int(np_state[2])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], 0, 0.0))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _autocast(cfg: TrainConfig, device):
+    import torch
+
+    if cfg.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: TrainConfig
+    device: Any
+    data: Any
+    method: Any
+    optimizer: Any
+    teacher_optimizers: dict
+    scaler: Any
+    x_test: Any
+    y_test: Any
+
+
+def build(cfg: TrainConfig, device) -> Run:
+    """Data, student, teachers, method and optimisers for a resolved config."""
+    import torch
+
+    from .data import load_dataset, to_float_nchw
+    from .methods import Context, create_method, get_method
+    from .models import create_model
+
+    data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
+                        n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+    student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
+    teachers = {}
+    for role in get_method(cfg.method).teachers:
+        spec = getattr(cfg, role)
+        if spec is None:
+            raise UserError(f"method {cfg.method!r} needs --{role.replace('_', '-')} "
+                            "(PATH | ARCH=PATH | rb:NAME; train one with python -m ciard_bench.teachers train)")
+        from .teachers import load_teacher
+        teachers[role] = load_teacher(spec, dataset=cfg.dataset, num_classes=data.num_classes,
+                                      model_dir=cfg.teacher_model_dir, device="cpu")
+    ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
+                  steps=cfg.attack_steps)
+    method = create_method(cfg.method, student, teachers, ctx, cfg.method_options).to(device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in [method.student, *(getattr(method, r) for r in get_method(cfg.method).teachers)]:
+            module.compile()
+    optimizer = torch.optim.SGD(method.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    teacher_optimizers = {
+        t.name: torch.optim.SGD(getattr(method, t.name).parameters(), lr=0.0, momentum=t.momentum,
+                                weight_decay=t.weight_decay)
+        for t in method.teacher_trainings()}
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    x_test = to_float_nchw(data.x_test).to(device)
+    return Run(cfg, device, data, method, optimizer, teacher_optimizers, scaler, x_test,
+               data.y_test.to(device))
+
+
+def accuracy(model, x, y, batch_size: int, attack: str | None = None, eps: float = 8 / 255,
+             seed: int = 0) -> float:
+    """Accuracy (percent) of ``model`` in eval mode, clean or under a registered attack."""
+    import torch
+
+    from .methods.pgd import eval_mode
+
+    correct = torch.zeros((), device=x.device)
+    with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        atk = None
+        if attack is not None:
+            from .attacks import create_attack
+            atk = create_attack(attack, model, eps=eps)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            if atk is not None:
+                xb = atk(xb, yb)
+            with torch.no_grad():
+                correct += (model(xb).argmax(1) == yb).sum()
+    return 100.0 * correct.item() / len(x)
+
+
+def _evaluate(run: Run, epoch: int) -> dict[str, float]:
+    cfg, seed = run.cfg, run.cfg.seed * 100003 + epoch
+    models = {"student": run.method.student}
+    if cfg.eval_teachers:
+        models.update({r: getattr(run.method, r) for r in run.method.teachers})
+    metrics = {}
+    for who, model in models.items():
+        prefix = "" if who == "student" else f"{who}_"
+        clean = accuracy(model, run.x_test, run.y_test, cfg.eval_batch_size)
+        robust = accuracy(model, run.x_test, run.y_test, cfg.eval_batch_size, "pgd_trades", cfg.eps, seed)
+        metrics.update({f"{prefix}clean_acc": clean, f"{prefix}pgd_trades_acc": robust,
+                        f"{prefix}wr": (clean + robust) / 2})
+    return metrics
+
+
+def _training_state(run: Run, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "arch": _arch(run), "state_dict": run.method.student.state_dict(),
+            "epoch": epoch, "step": step, "method_state": run.method.checkpoint_state(),
+            "optimizer": run.optimizer.state_dict(),
+            "teacher_optimizers": {k: o.state_dict() for k, o in run.teacher_optimizers.items()},
+            "scaler": run.scaler.state_dict(), "rng": _rng_state(run.device),
+            "config": run.cfg.to_dict(), **extra}
+
+
+def _arch(run: Run) -> dict[str, Any]:
+    return {"name": run.cfg.student, "num_classes": run.data.num_classes, "kwargs": dict(run.cfg.student_kwargs)}
+
+
+def _restore(run: Run, ckpt: dict[str, Any]) -> None:
+    run.method.load_checkpoint_state(ckpt["method_state"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    for name, state in ckpt["teacher_optimizers"].items():
+        run.teacher_optimizers[name].load_state_dict(state)
+    run.scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"], run.device)
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
+    now = cfg.to_dict()
+    for key in sorted(set(saved) | set(now)):
+        if key in RESUME_FREE_KEYS:
+            continue
+        if saved.get(key) != now.get(key):
+            raise UserError(f"--resume: {key} is {now.get(key)!r} but the run in {out!r} used "
+                            f"{saved.get(key)!r}; accepted: the run's own settings")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) one run; returns the result dict also written to ``result.json``."""
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import atomic_write_json
+    from .data import ArrayDataset, make_loader
+    from .schedules import get_schedule
+
+    cfg = resolve(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.amp != "none" and device.type != "cuda":
+        raise UserError(f"--amp {cfg.amp} needs a CUDA device, but the device is {device}; accepted here: none")
+    rundir = RunDir(cfg.out)
+    saved_cfg = rundir.read_state().get("config") if rundir.exists() else None
+    if rundir.exists() and not resume:
+        raise UserError(f"run folder {cfg.out!r} already holds a run; pass --resume to continue it "
+                        "or choose another --out")
+    if saved_cfg is not None:
+        _check_resume_config(saved_cfg, cfg, cfg.out)
+    atomic_write_json(rundir.root / "config.json", cfg.to_dict())
+    seed_everything(cfg.seed)
+    run = build(cfg, device)
+    method, schedule = run.method, get_schedule(cfg.schedule)
+    trainings = method.teacher_trainings()
+    start_epoch, start_step, history, best_wr, partial = 1, 0, [], -math.inf, {}
+    ckpt = rundir.load("last") if resume else None
+    if ckpt is not None:
+        _restore(run, ckpt)
+        history, best_wr, partial = ckpt["history"], ckpt["best_wr"], ckpt.get("partial", {})
+        start_epoch, start_step = (ckpt["epoch"], ckpt["step"]) if ckpt["step"] else (ckpt["epoch"] + 1, 0)
+        log.info("resuming %s at epoch %d step %d", cfg.out, start_epoch, start_step)
+    train_ds = ArrayDataset(run.data.x_train, run.data.y_train, augment=True, seed=cfg.seed)
+
+    def save(epoch: int, step: int, best: dict | None, sums: dict) -> None:
+        extra = {"history": history, "best_wr": best_wr, "partial": sums}
+        rundir.save(_training_state(run, epoch, step, extra), epoch=epoch, step=step, best=best,
+                    log=history, extra_state={"config": cfg.to_dict()})
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = schedule(epoch, cfg.epochs, cfg.lr)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        for t in trainings:
+            for group in run.teacher_optimizers[t.name].param_groups:
+                group["lr"] = t.lr_at(epoch)
+        method.begin_epoch(epoch)
+        method.train()
+        loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                             start_batch=start_step, device=device, num_workers=cfg.num_workers)
+        n_batches = start_step + len(loader)
+        sums = {k: v.to(device) for k, v in partial.get("sums", {}).items()}
+        n_done = partial.get("n", 0)
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        bad_terms: dict[str, Any] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step, total=n_batches,
+                   leave=False, disable=None, mininterval=2.0)
+        for i, (x, y) in enumerate(bar, start=start_step):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(cfg, device):
+                out = method(x, y)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(out["loss"]).backward()
+            run.scaler.step(run.optimizer)
+            for t in trainings:
+                if t.loss_key in out:   # the method trains this teacher on this step
+                    opt = run.teacher_optimizers[t.name]
+                    opt.zero_grad(set_to_none=True)
+                    run.scaler.scale(out[t.loss_key]).backward()
+                    run.scaler.step(opt)
+            run.scaler.update()
+            with torch.no_grad():
+                newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
+                bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
+                for k, v in out.items():
+                    v = v.detach().float()
+                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v
+                    bad_terms[k] = torch.where(newly_bad, v, bad_terms.get(k, v))
+            n_done += 1
+            last_step = i + 1 == n_batches
+            if (i + 1) % LOG_EVERY == 0 or last_step:
+                _raise_if_bad(bad_step, bad_terms, epoch)
+                bar.set_postfix(loss=f"{out['loss'].item():.4f}")
+            if cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0 and not last_step:
+                _raise_if_bad(bad_step, bad_terms, epoch)
+                save(epoch, i + 1, None, {"sums": {k: v.cpu() for k, v in sums.items()}, "n": n_done})
+        bar.close()
+        method.end_epoch(epoch)
+        record = {"epoch": epoch, "lr": lr, "steps": n_done,
+                  **{f"teacher_lr_{t.name}": t.lr_at(epoch) for t in trainings},
+                  **{k: (v / max(n_done, 1)).item() for k, v in sums.items()},
+                  **{k: float(v) for k, v in method.state_summary().items()}}
+        best = None
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            record.update(_evaluate(run, epoch))
+            if record["wr"] > best_wr:
+                best_wr = record["wr"]
+                best = {"format": FORMAT, "arch": _arch(run), "state_dict": method.student.state_dict(),
+                        "epoch": epoch, "metrics": {k: record[k] for k in ("clean_acc", "pgd_trades_acc", "wr")},
+                        "config": cfg.to_dict()}
+        record["time_s"] = round(time.perf_counter() - t0, 3)
+        history.append(record)
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                   if isinstance(v, float) and k != "time_s"))
+        save(epoch, 0, best, {})
+        start_step, partial = 0, {}
+    return _finish(rundir, cfg, history, device)
+
+
+def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
+    step = int(bad_step.item())
+    if step >= 0:
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in bad_terms.items())
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {step} ({terms}); "
+                            "stopped, the last good checkpoint is kept")
+
+
+def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device) -> dict[str, Any]:
+    from .checkpoint import atomic_write_json
+
+    state = rundir.read_state()
+    evaluated = [r for r in history if "wr" in r]
+    metrics = ("clean_acc", "pgd_trades_acc", "wr")
+    result = {
+        "method": cfg.method, "dataset": cfg.dataset, "student": cfg.student, "epochs": cfg.epochs,
+        "last": {"epoch": evaluated[-1]["epoch"], **{k: evaluated[-1][k] for k in metrics}} if evaluated else None,
+        "best": {"epoch": state["best"]["epoch"], **state["best"]["metrics"]} if state.get("best") else None,
+        "selection": "best = highest (clean + PGD_TRADES)/2 on the evaluation subset of the test set, "
+                     "as the released code; last = final epoch",
+        "checkpoints": {k: state[k] for k in ("last", "best") if k in state},
+        "config": cfg.to_dict(), "provenance": provenance(device, cfg.seed),
+    }
+    atomic_write_json(rundir.root / "result.json", result)
+    return result
+
+
+def _parser(method_name: str) -> argparse.ArgumentParser:
+    from .methods import get_method
+
+    parser = argparse.ArgumentParser(prog="python -m ciard_bench.train",
+                                     description="Train a student (or teacher) with one method.")
+    parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_train_arguments(parser)
+    add_method_arguments(parser, get_method(method_name))
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    from .config import load_config_file
+    from .methods import get_method, list_methods
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    method = known.method or (load_config_file(known.config).get("method") if known.config else None) or "ciard"
+    args = _parser(method).parse_args(argv)
+    if args.list_methods:
+        for name in list_methods():
+            cls = get_method(name)
+            print(f"{name:10s} {cls.description} [{cls.paper}]")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    result = train(config_from_args(args), resume=args.resume)
+    print(f"done: last {result['last']}, best {result['best']} -> {args.out or result['config']['out']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
