@@ -3,7 +3,8 @@
 A teacher *spec* is one of
   ``rb:NAME``    a RobustBench zoo model (``robustbench.utils.load_model``), read from
                  ``<model_dir>/<dataset>/<threat>/<NAME>.pt``;
-  ``PATH``       a ciard-bench checkpoint (it names its own architecture);
+  ``PATH``       a ciard-bench checkpoint (it names its own architecture) or a training run
+                 folder (its best checkpoint, checked against the sha256 in run.json);
   ``ARCH=PATH``  a state-dict file (released ARD/RSLAD/MTARD/CIARD files) of model ``ARCH``.
 Every teacher comes back in eval mode with ``requires_grad`` off.
 
@@ -242,8 +243,39 @@ def _add_check(sub: Any) -> None:
     p.set_defaults(func=_cmd_check)
 
 
-# one function per subcommand, each adding its parser and setting `func`; add e.g. `train` here
-_SUBCOMMANDS = [_add_list, _add_check]
+TEACHER_METHODS = {"clean": "standard", "robust": "trades"}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train a clean (cross-entropy) or robust (TRADES) teacher through the training engine."""
+    from .train import main as train_main
+
+    if args.kind not in TEACHER_METHODS:
+        raise choices_error("teacher kind", args.kind, TEACHER_METHODS)
+    rest = list(args.rest)
+    if "--out" not in rest:
+        dataset = rest[rest.index("--dataset") + 1] if "--dataset" in rest else "digits"
+        safe = dataset.replace("npz:", "npz-").replace("/", "_")
+        rest += ["--out", str(Path("runs") / "teachers" / f"{safe}-{args.kind}-{args.arch}")]
+    code = train_main(["--method", TEACHER_METHODS[args.kind], "--student", args.arch, *rest])
+    if code == 0:
+        out = rest[rest.index("--out") + 1]
+        print(f"teacher ready: use it with --{args.kind}-teacher {out} (the run folder: its best "
+              "checkpoint, sha256-checked)")
+    return code
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a clean (CE) or robust (TRADES) teacher with the engine",
+                       description="Any further flags go to `python -m ciard_bench.train` "
+                                   "(e.g. --dataset, --epochs, --batch-size, --out).")
+    p.add_argument("--kind", required=True, help="clean (standard CE training) | robust (TRADES)")
+    p.add_argument("--arch", required=True, help="teacher architecture (python -m ciard_bench.models)")
+    p.set_defaults(func=_cmd_train, rest=[])
+
+
+# one function per subcommand, each adding its parser and setting `func`
+_SUBCOMMANDS = [_add_list, _add_check, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     return int(args.func(args) or 0)
 
 

@@ -173,3 +173,42 @@ def test_import_robustbench_gives_the_real_package():
     autoattack = importlib.import_module("autoattack")
     pyautoattack = importlib.import_module("pyautoattack")
     assert autoattack.AutoAttack is pyautoattack.AutoAttack
+
+
+def test_train_subcommand_trains_a_teacher_through_the_engine_and_loads_from_its_run_folder(tmp_path, capsys):
+    import json
+
+    from ciard_bench import teachers
+
+    out = tmp_path / "robust"
+    code = teachers.main(["train", "--kind", "robust", "--arch", "resnet8", "--dataset", "digits",
+                          "--n-train", "32", "--n-test", "16", "--epochs", "1", "--batch-size", "16",
+                          "--attack-steps", "1", "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "trades" and config["student"] == "resnet8"
+    model = teachers.load_teacher(str(out), dataset="digits", num_classes=10)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert teachers.main(["train", "--kind", "bogus", "--arch", "resnet8"]) == 2
+    assert "unknown teacher kind 'bogus'" in capsys.readouterr().err
+
+
+def test_run_folder_checkpoint_with_wrong_sha_is_refused(tmp_path):
+    import json
+
+    import pytest
+
+    from ciard_bench.errors import UserError
+    from ciard_bench.models import create_model, load_model_file, save_model_file
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    sha = save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10},
+                          run / "checkpoints" / "best-e0001.pt")
+    (run / "run.json").write_text(json.dumps({"best": {"file": "best-e0001.pt", "sha256": sha, "epoch": 1}}))
+    model, meta = load_model_file(run)
+    assert meta["sha256"] == sha
+    with open(run / "checkpoints" / "best-e0001.pt", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(UserError, match="sha256"):
+        load_model_file(run)

@@ -186,8 +186,11 @@ def _check_agrees(file_arch: dict, arch: Any, num_classes: int | None, path: str
 
 
 def load_model_file(path: str | os.PathLike, arch: Any = None, num_classes: int | None = None,
-                    device: Any = "cpu") -> tuple[Any, dict]:
+                    device: Any = "cpu", which: str = "best") -> tuple[Any, dict]:
     """Load a model from a checkpoint file; returns ``(model in eval mode, metadata)``.
+
+    ``path`` may also be a run folder of the training engine: its current ``which``
+    (``best`` or ``last``) checkpoint is loaded and checked against the sha256 in ``run.json``.
 
     Accepts the project format (its ``arch`` is used; a disagreeing ``arch``/``num_classes``
     is an error), a dict holding the state dict under ``"model"``, ``"state_dict"`` or
@@ -197,8 +200,11 @@ def load_model_file(path: str | os.PathLike, arch: Any = None, num_classes: int 
     """
     import torch
 
-    path = str(path)
-    obj = load_checkpoint(path)
+    from ..runs import resolve_checkpoint
+
+    file, sha = resolve_checkpoint(path, which)
+    path = str(file)
+    obj = load_checkpoint(path, expected_sha256=sha)
     state_dict, file_arch, rest = _split_checkpoint(obj, path)
     if file_arch is not None:
         _check_agrees(file_arch, arch, num_classes, path)
