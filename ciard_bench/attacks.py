@@ -165,7 +165,8 @@ class UniformNoise(Attack):
         best = images.clone()
         alive = torch.ones(len(images), dtype=torch.bool, device=images.device)
         for _ in range(self.draws):
-            cand = torch.clamp(images + torch.empty_like(images).uniform_(-self.eps, self.eps), 0, 1)
+            noise = torch.empty_like(images).uniform_(-self.eps, self.eps)
+            cand = torch.clamp(images + noise, 0, 1)
             best[alive] = cand[alive]
             alive &= self.get_logits(cand).argmax(1) == labels
         return best
@@ -191,7 +192,8 @@ class AutoAttackAdapter(Attack):
     Points broken before a resume come back unperturbed; ``robust_flags`` is authoritative.
     """
 
-    def __init__(self, model: torch.nn.Module, settings: dict, state_path: str | Path | None = None):
+    def __init__(self, model: torch.nn.Module, settings: dict,
+                 state_path: str | Path | None = None):
         super().__init__("AutoAttack", model)
         s = self.settings = settings
         device = self.device or torch.device("cpu")
@@ -211,6 +213,7 @@ class AutoAttackAdapter(Attack):
         self.restored: list[str] = []
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.contiguous()  # pyautoattack .view()s gradients shaped like the input
         flags, done = self._restore(images, labels)
         adv = images.clone().detach()
         for name in self.settings["attacks"]:

@@ -17,6 +17,15 @@ from ciard_bench.errors import UserError
 EPS = 8 / 255
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # toy models: OpenMP hand-offs cost more than the maths (10-50x on a shared 2-core box)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def toy(n: int = 20, contrast: float = 0.2, seed: int = 0):
     """A prototype-matching linear classifier on 3x8x8 images: ~80 % clean, ~40 % PGD."""
     protos = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
