@@ -1,0 +1,4 @@
+"""``python -m ciard_bench.evaluate``."""
+from .cli import main
+
+raise SystemExit(main())
