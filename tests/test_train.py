@@ -237,3 +237,33 @@ def test_short_ciard_run_on_real_cifar_images_learns(tmp_path):
     # 164 test images, 10 classes: chance is 10 % (95 % interval up to ~15 %)
     assert teacher["last"]["clean_acc"] > 25
     assert result["last"]["clean_acc"] > 20
+
+
+def test_yaml_config_file_with_flag_overrides(tmp_path, teachers):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(
+        "method: ciard\ndataset: digits\nn_train: 32\nn_test: 16\nstudent: resnet8\n"
+        f"clean_teacher: {teachers['clean']}\nrobust_teacher: {teachers['robust']}\n"
+        "epochs: 1\nbatch_size: 16\nattack_steps: 1\neps: 4/255\n"
+        "method_options: {push_temperature: 4.0, loss_weights: mtard_adaptive}\n")
+    out = tmp_path / "r"
+    assert engine.main(["--config", str(cfg_file), "--lambda-push", "2", "--epochs", "1",
+                        "--channels-last", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["eps"] == pytest.approx(4 / 255) and saved["channels_last"] is True
+    assert saved["method_options"] == {"push_temperature": 4.0, "loss_weights": "mtard_adaptive",
+                                       "lambda_push": 2.0}
+    assert saved["weight_decay"] == 2e-4 and saved["schedule"] == "ciard_released"   # CIARD's released values
+
+
+def test_bad_config_files(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    assert engine.main(["--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown setting 'epochz'" in capsys.readouterr().err
+    assert engine.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    opt = tmp_path / "opt.json"
+    opt.write_text(json.dumps({"method": "ciard", "method_options": {"inner": "sideways"}}))
+    assert engine.main(["--config", str(opt), "--out", str(tmp_path / "r")]) == 2
+    assert "inner 'sideways' is not valid" in capsys.readouterr().err
