@@ -3,6 +3,7 @@ AutoAttack on a tiny model, the robustness curve, and the command line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +161,24 @@ def test_cli_on_a_project_checkpoint(tmp_path, capsys):
     assert res["provenance"]["seed"] == 0 and "torch" in res["provenance"]["versions"]
     assert len(res["attacks"]["fgsm"]["correct"]) == 12
     assert "pgd_trades" in capsys.readouterr().out
+
+
+def test_cli_on_what_the_training_engine_wrote(tmp_path):
+    from ciard_bench import train as engine
+    from ciard_bench.config import TrainConfig
+
+    run = tmp_path / "run"
+    engine.train(TrainConfig(method="standard", dataset="digits", n_train=32, n_test=16,
+                             student="resnet8", epochs=1, batch_size=16, eval_batch_size=16,
+                             out=str(run), seed=0))
+    best = json.loads((run / "run.json").read_text())["best"]["file"]
+    for target in (run / "checkpoints" / best, run):
+        assert main(["--checkpoint", str(target), "--dataset", "digits", "--n-examples", "8",
+                     "--attacks", "fgsm,cw_inf", "--device", "cpu", "--no-expensive-checks",
+                     "--no-progress"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    assert res["model"]["arch"]["name"] == "resnet8" and set(res["attacks"]) == {"fgsm", "cw_inf"}
+    assert (run / "checkpoints" / (Path(best).stem + "_eval.json")).is_file()
 
 
 @pytest.mark.parametrize("argv, message", [

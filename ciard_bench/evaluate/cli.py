@@ -68,7 +68,8 @@ def _load(args: argparse.Namespace, device) -> tuple:
                                       num_classes=args.num_classes, device=device)
         info = {"checkpoint": str(args.checkpoint),
                 **{k: meta[k] for k in ("arch", "sha256") if k in meta}}
-        out = Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
+        ckpt = Path(args.checkpoint)  # a file, or a training run folder (its best checkpoint)
+        out = ckpt / "eval.json" if ckpt.is_dir() else ckpt.with_name(ckpt.stem + "_eval.json")
     return model, info, Path(args.out) if args.out else out
 
 
