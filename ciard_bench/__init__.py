@@ -1,7 +1,8 @@
 """ciard-bench: reproducible adversarial robustness distillation (CIARD and its baselines).
 
 The public API is imported lazily so that ``import ciard_bench`` is fast; torch and the
-attack libraries load on first use.
+attack libraries load on first use. Training and evaluation live in the submodules
+``ciard_bench.train`` (``train(cfg)``) and ``ciard_bench.evaluate`` (``evaluate(model, x, y)``).
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ _LAZY = {
     "list_datasets": "ciard_bench.data",
     "create_method": "ciard_bench.methods",
     "list_methods": "ciard_bench.methods",
-    "train": "ciard_bench.train",
-    "evaluate": "ciard_bench.evaluate",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

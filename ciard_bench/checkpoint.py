@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UserError
+from .faults import kill_point
 
 FORMAT = "ciard-bench/1"
 
@@ -37,6 +38,7 @@ def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        kill_point("atomic_write")      # tests: a kill between writing and renaming
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -183,7 +183,7 @@ def add_method_arguments(parser: argparse.ArgumentParser, method_cls: type) -> N
         elif "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
             del kw["metavar"]
-        elif isinstance(f.default, int) or f.type in ("int | None", int):
+        elif isinstance(f.default, int) or str(f.type).startswith("int"):
             kw["type"] = int
         elif isinstance(f.default, float):
             kw["type"] = parse_fraction

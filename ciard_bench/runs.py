@@ -43,6 +43,13 @@ class RunDir:
         except json.JSONDecodeError as err:
             raise UserError(f"{str(self.state_path)!r} is not valid JSON; the run folder is damaged") from err
 
+    def clean_temporaries(self) -> None:
+        """Remove temporary files a killed writer left (never mistaken for complete files)."""
+        for folder in (self.root, self.ckpt_dir):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
     def _commit(self, state: dict[str, Any]) -> None:
         keep = {entry["file"] for entry in (state.get("last"), state.get("best")) if entry}
         atomic_write_json(self.state_path, state)
@@ -74,6 +81,19 @@ class RunDir:
         if not entry:
             return None
         return load_checkpoint(self.ckpt_dir / entry["file"], expected_sha256=entry["sha256"])
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail early, with one line, when ``folder`` cannot be created or written (writes nothing)."""
+    import os
+
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {str(folder)!r} is not writable ({str(probe)!r} is "
+                        f"{'not a folder' if not probe.is_dir() else 'read-only'}); choose a writable --out")
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, str | None]:

@@ -21,7 +21,8 @@ from typing import Any
 
 from .config import RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments, config_from_args, resolve
 from .errors import UserError, cli_main
-from .runs import RunDir
+from .faults import kill_point
+from .runs import RunDir, check_writable
 from .utils import provenance, resolve_device, seed_everything
 
 log = logging.getLogger("ciard_bench.train")
@@ -143,6 +144,7 @@ def accuracy(model, x, y, batch_size: int, attack: str | None = None, eps: float
 
 
 def _evaluate(run: Run, epoch: int) -> dict[str, float]:
+    kill_point("eval")
     cfg, seed = run.cfg, run.cfg.seed * 100003 + epoch
     models = {"student": run.method.student}
     if cfg.eval_teachers:
@@ -209,9 +211,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                         "or choose another --out")
     if saved_cfg is not None:
         _check_resume_config(saved_cfg, cfg, cfg.out)
-    atomic_write_json(rundir.root / "config.json", cfg.to_dict())
+    check_writable(rundir.root)
     seed_everything(cfg.seed)
-    run = build(cfg, device)
+    run = build(cfg, device)           # every input is checked before anything is written
+    rundir.clean_temporaries()
+    atomic_write_json(rundir.root / "config.json", cfg.to_dict())
     method, schedule = run.method, get_schedule(cfg.schedule)
     trainings = method.teacher_trainings()
     start_epoch, start_step, history, best_wr, partial = 1, 0, [], -math.inf, {}
@@ -251,6 +255,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            kill_point("step")
             with _autocast(cfg, device):
                 out = method(x, y)
             run.optimizer.zero_grad(set_to_none=True)

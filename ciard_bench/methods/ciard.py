@@ -56,7 +56,7 @@ class CIARD(Method):
         push_temperature: float = option(5.0, "student temperature in the push loss (code 5, paper 4)")
         lambda_push: float = option(1.0, "multiplier of the scaled push loss")
         itt: bool = option(True, "iterative training of the robust teacher (--no-itt: ablation)")
-        itt_start_epoch: "int | None" = option(None, "ITT trains the robust teacher after this epoch "
+        itt_start_epoch: int | None = option(None, "ITT trains the robust teacher after this epoch "
                                       "(default: 50 of 300, scaled to the run length)")
         teacher_lr: float = option(1e-4, "ITT base learning rate (code 1e-4, paper 1e-5)")
         teacher_momentum: float = option(0.1, "ITT SGD momentum")

@@ -1,0 +1,83 @@
+"""Kill-anywhere resume, proven with real SIGKILLs of a training subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ciard_bench.models import create_model, save_model_file
+from ciard_bench.runs import RunDir
+
+
+@pytest.fixture(scope="module")
+def run_args(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = root / f"t{seed}.pt"
+        save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10}, path)
+        paths.append(str(path))
+    # 3 steps per epoch, ITT from epoch 2, a checkpoint after every step
+    return ["--method", "ciard", "--dataset", "digits", "--n-train", "48", "--n-test", "16",
+            "--student", "resnet8", "--clean-teacher", paths[0], "--robust-teacher", paths[1],
+            "--epochs", "2", "--batch-size", "16", "--attack-steps", "1", "--eval-batch-size", "16",
+            "--ckpt-every-steps", "1", "--itt-start-epoch", "1", "--seed", "3", "--device", "cpu"]
+
+
+def _train(args, kill_at=None):
+    env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_KILL_AT"}
+    if kill_at:
+        env["CIARD_BENCH_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "ciard_bench.train", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _same(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True), where
+    else:
+        assert a == b, where
+
+
+def test_sigkill_mid_epoch_during_checkpoint_write_and_during_evaluation_then_resume(tmp_path, run_args):
+    straight = tmp_path / "straight"
+    assert _train(run_args + ["--out", str(straight)]).returncode == 0
+
+    killed = tmp_path / "killed"
+    args = run_args + ["--out", str(killed)]
+    for point in ("step:2", "atomic_write:4", "eval:2"):
+        proc = _train(args + (["--resume"] if killed.exists() else []), kill_at=point)
+        assert proc.returncode == -9, (point, proc.stderr[-500:])
+        state = RunDir(killed).read_state()
+        if state:                                    # run.json only ever names complete files
+            for entry in (state.get("last"), state.get("best")):
+                if entry:
+                    RunDir(killed).load("last")
+    assert _train(args + ["--resume"]).returncode == 0
+
+    a, b = RunDir(straight).load("last"), RunDir(killed).load("last")
+    for key in ("state_dict", "method_state", "optimizer", "teacher_optimizers", "rng", "best_wr"):
+        _same(a[key], b[key], key)
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+                          for line in (path / "log.jsonl").read_text().splitlines()]
+    assert strip(straight) == strip(killed)
+    assert len(strip(killed)) == 2
+    result_a = json.loads((straight / "result.json").read_text())
+    result_b = json.loads((killed / "result.json").read_text())
+    assert result_a["last"] == result_b["last"] and result_a["best"] == result_b["best"]
+    leftovers = sorted(p.name for p in killed.rglob("*") if p.is_file())
+    assert not [n for n in leftovers if n.endswith(".tmp")], leftovers
+    state = RunDir(killed).read_state()
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == sorted(
+        {state["last"]["file"], state["best"]["file"]})
