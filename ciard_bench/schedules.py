@@ -57,3 +57,8 @@ def get_schedule(name: str) -> Schedule:
     if name not in SCHEDULES:
         raise choices_error("schedule", name, list_schedules())
     return SCHEDULES[name][0]
+
+
+# TRADES' code sets lr x0.1 when epoch >= 75 (1-indexed), i.e. for epochs 75 and 76 of 76;
+# "trades" above decays only epoch 76. (Its later decays at 90/100 are never reached.)
+SCHEDULES["trades_released"] = (_steps((74 / 76,)), "x0.1 from epoch 75 of 76 on (TRADES code: epoch >= 75)")

@@ -93,3 +93,63 @@ def magnitude_scale(l_adv: Tensor, l_nat: Tensor, l_push: Tensor) -> Tensor:
 def cross_entropy_sum(logits: Tensor, y: Tensor) -> Tensor:
     """CE summed over the batch (ARD's attack loss)."""
     return F.cross_entropy(logits, y, reduction="sum")
+
+
+# -- baselines (METHODS.md): ARD/AdaAD/TRADES exact KL, SCORE, Fair-ARD, ABSLD -------------------
+
+def kl_sum(log_q: Tensor, p: Tensor) -> Tensor:
+    """Exact KL(p || q) summed over batch and classes (``KLDivLoss(reduction='sum')``).
+
+    Gradient flows into ``p`` too (TRADES' clean distribution, AdaAD's teacher in the attack).
+    """
+    return F.kl_div(log_q, p, reduction="sum")
+
+
+def kl_mean(log_q: Tensor, p: Tensor) -> Tensor:
+    """Exact KL summed and divided by B x C: ``nn.KLDivLoss()`` with default arguments (ARD, AdaAD)."""
+    return F.kl_div(log_q, p, reduction="sum") / log_q.numel()   # reduction="mean" warns (deprecated)
+
+
+def kl_per_sample(log_q: Tensor, p: Tensor) -> Tensor:
+    """Exact KL(p_i || q_i) per row (shape B)."""
+    return F.kl_div(log_q, p, reduction="none").sum(dim=1)
+
+
+def log_probs(logits: Tensor, exact: bool = True) -> Tensor:
+    """``log_softmax`` (exact) or ``log(softmax)`` as RSLAD-C100 and ABSLD write it (-inf on underflow)."""
+    return F.log_softmax(logits, dim=1) if exact else torch.log(F.softmax(logits, dim=1))
+
+
+def lse_distance(p: Tensor, q: Tensor) -> Tensor:
+    """SCORE's squared-L2 distance between probability rows: sum_k (p_k - q_k)^2 (shape B)."""
+    return ((p - q) ** 2).sum(dim=1)
+
+
+def lse_clip_bound(clip: float, num_classes: int) -> float:
+    """SCORE's clip bound b: the LSE distance from a one-hot to the label-smoothed vector that keeps
+    1 - clip on the label and spreads ``clip`` over the others, = clip^2 * C / (C - 1)."""
+    return clip * clip * num_classes / (num_classes - 1)
+
+
+def fair_class_weights(kappa: Tensor, beta: float, eps: float = 1e-5, lo: float = 5 / 6,
+                       hi: float = 5 / 2) -> Tensor:
+    """Fair-ARD class weights from per-class robustness K_c (mean PGD steps the class survived).
+
+    w~_c = (1 / (K_c + eps))^beta;  w_c = clamp(C * w~_c / sum_c' w~_c', lo, hi).
+    """
+    raw = (1.0 / (kappa + eps)) ** beta
+    return (raw * (kappa.numel() / raw.sum())).clamp(lo, hi)
+
+
+def absld_temperatures(tau: Tensor, class_loss: Tensor, rate: float, lo: float = 0.5,
+                       hi: float = 5.0) -> Tensor:
+    """ABSLD's per-epoch class temperature step (returns the new temperatures).
+
+    g_c = E_c - mean(E);  tau_c <- clamp(tau_c - rate * g_c / max_c' |g_c'|, lo, hi). Classes
+    with a higher student loss get a lower (sharper) temperature. When every gap is zero the
+    released code divides 0 by 0 (NaN); here the temperatures are left unchanged.
+    """
+    gap = class_loss - class_loss.mean()
+    top = gap.abs().max()
+    step = torch.where(top > 0, gap / top.clamp(min=torch.finfo(gap.dtype).tiny), torch.zeros_like(gap))
+    return (tau - rate * step).clamp(lo, hi)
