@@ -14,7 +14,7 @@ Official code: github.com/NISP-official/Fair-ARD (``Fair-ARD.py``); METHODS.md Â
 * SGD 0.1, momentum 0.9, NESTEROV, wd 2e-4, 200 epochs, ARD's schedule bug (``ard_released``).
 
 Quirks and switches: those of ARD (``attack_mode``, ``--schedule ard_paper``). Not reproduced:
-Nesterov momentum (the engine's SGD has no such setting; see the report in the commit), and
+Nesterov momentum (the engine's SGD has no Nesterov setting yet), and
 the Fair-RSLAD / Fair-MTARD / Fair-IAD variants of the same repository.
 The class weights and the kappa accumulators are buffers, so a run resumed in the middle of
 an epoch continues the epoch's counts.
