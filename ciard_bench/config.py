@@ -56,6 +56,7 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    cudnn_benchmark: bool = False
     ckpt_every_steps: int = 0
     num_workers: int | None = None
     out: str = "runs/run"
@@ -65,7 +66,7 @@ class TrainConfig:
 
 
 # Keys that may change between a run and its resume (they do not change the math).
-RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size")
+RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark")
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -121,6 +122,16 @@ def load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON; accepted: e.g. '{{\"width\": 4}}'") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object")
+    return value
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -138,6 +149,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-train", type=int, help="class-stratified training subset size")
     g.add_argument("--n-test", type=int, help="class-stratified test subset for per-epoch evaluation")
     g.add_argument("--student", help="student architecture (python -m ciard_bench.models)")
+    g.add_argument("--student-kwargs", type=_json_dict, help='architecture arguments as JSON, e.g. \'{"width": 4}\'')
     g.add_argument("--clean-teacher", help="clean teacher: PATH | ARCH=PATH | rb:NAME")
     g.add_argument("--robust-teacher", help="robust teacher: PATH | ARCH=PATH | rb:NAME")
     g.add_argument("--teacher-model-dir", help="RobustBench model_dir (default ./models)")
@@ -165,6 +177,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     d.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the student and teachers")
+    d.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                   help="cuDNN autotuning (CUDA; faster, not bitwise reproducible)")
     d.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU)")
 
 

@@ -20,6 +20,8 @@ import time
 from typing import Any
 
 from .config import RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments, config_from_args, resolve
+from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
+                          broadcast_state, gather, max_param_difference, setup, teardown)
 from .errors import UserError, cli_main
 from .faults import kill_point
 from .runs import RunDir, check_writable
@@ -172,13 +174,18 @@ def _arch(run: Run) -> dict[str, Any]:
     return {"name": run.cfg.student, "num_classes": run.data.num_classes, "kwargs": dict(run.cfg.student_kwargs)}
 
 
-def _restore(run: Run, ckpt: dict[str, Any]) -> None:
+def _restore(run: Run, ckpt: dict[str, Any], d: Dist) -> None:
+    rng = ckpt["rng"]
+    ranks = rng["ranks"] if "ranks" in rng else [rng]
+    if len(ranks) != d.world_size:
+        raise UserError(f"--resume: the checkpoint was written by {len(ranks)} process(es) but "
+                        f"{d.world_size} are running; accepted: the same number of processes")
     run.method.load_checkpoint_state(ckpt["method_state"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     for name, state in ckpt["teacher_optimizers"].items():
         run.teacher_optimizers[name].load_state_dict(state)
     run.scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ckpt["rng"], run.device)
+    _set_rng_state(ranks[d.rank], run.device)
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
@@ -191,8 +198,32 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> N
                             f"{saved.get(key)!r}; accepted: the run's own settings")
 
 
+def _step(run: Run, x, y, trainings: list, d: Dist) -> dict[str, Any]:
+    """One optimisation step of the student (and of any teacher the method trains)."""
+    with _autocast(run.cfg, run.device):
+        out = run.method(x, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(out["loss"]).backward()
+    average_gradients(run.method.student.parameters(), d)
+    run.scaler.step(run.optimizer)
+    for t in trainings:
+        if t.loss_key in out:   # the method trains this teacher on this step
+            opt, teacher = run.teacher_optimizers[t.name], getattr(run.method, t.name)
+            opt.zero_grad(set_to_none=True)
+            run.scaler.scale(out[t.loss_key]).backward()
+            average_gradients(teacher.parameters(), d)
+            run.scaler.step(opt)
+            broadcast_state(teacher, d, params=False)
+    run.scaler.update()
+    broadcast_state(run.method.student, d, params=False)   # rank 0's BN statistics, as DDP
+    return out
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) one run; returns the result dict also written to ``result.json``."""
+    """Train (or resume) one run; returns the result dict also written to ``result.json``.
+
+    Under ``torchrun`` every process calls this; see :mod:`ciard_bench.distributed`.
+    """
     import torch
     from tqdm import tqdm
 
@@ -201,9 +232,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from .schedules import get_schedule
 
     cfg = resolve(cfg)
-    device = resolve_device(cfg.device)
+    d, device_name = setup(cfg.device)
+    device = resolve_device(device_name)
     if cfg.amp != "none" and device.type != "cuda":
         raise UserError(f"--amp {cfg.amp} needs a CUDA device, but the device is {device}; accepted here: none")
+    if cfg.batch_size % d.world_size:
+        raise UserError(f"batch-size {cfg.batch_size} (the global batch) must be divisible by the "
+                        f"{d.world_size} processes")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     rundir = RunDir(cfg.out)
     saved_cfg = rundir.read_state().get("config") if rundir.exists() else None
     if rundir.exists() and not resume:
@@ -214,23 +251,31 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     check_writable(rundir.root)
     seed_everything(cfg.seed)
     run = build(cfg, device)           # every input is checked before anything is written
-    rundir.clean_temporaries()
-    atomic_write_json(rundir.root / "config.json", cfg.to_dict())
+    if d.is_main:
+        rundir.clean_temporaries()
+        atomic_write_json(rundir.root / "config.json", cfg.to_dict())
+    if d.rank > 0:                     # same initial weights, a different random stream per rank
+        seed_everything(cfg.seed + 1000 * d.rank)
     method, schedule = run.method, get_schedule(cfg.schedule)
     trainings = method.teacher_trainings()
     start_epoch, start_step, history, best_wr, partial = 1, 0, [], -math.inf, {}
     ckpt = rundir.load("last") if resume else None
     if ckpt is not None:
-        _restore(run, ckpt)
+        _restore(run, ckpt, d)
         history, best_wr, partial = ckpt["history"], ckpt["best_wr"], ckpt.get("partial", {})
         start_epoch, start_step = (ckpt["epoch"], ckpt["step"]) if ckpt["step"] else (ckpt["epoch"] + 1, 0)
         log.info("resuming %s at epoch %d step %d", cfg.out, start_epoch, start_step)
     train_ds = ArrayDataset(run.data.x_train, run.data.y_train, augment=True, seed=cfg.seed)
 
     def save(epoch: int, step: int, best: dict | None, sums: dict) -> None:
-        extra = {"history": history, "best_wr": best_wr, "partial": sums}
-        rundir.save(_training_state(run, epoch, step, extra), epoch=epoch, step=step, best=best,
-                    log=history, extra_state={"config": cfg.to_dict()})
+        rng = gather(_rng_state(device), d)          # collective: every rank takes part
+        if d.is_main:
+            extra = {"history": history, "best_wr": best_wr, "partial": sums}
+            state = _training_state(run, epoch, step, extra)
+            state["rng"] = rng[0] if not d.enabled else {"ranks": rng}
+            rundir.save(state, epoch=epoch, step=step, best=best, log=history,
+                        extra_state={"config": cfg.to_dict(), "world_size": d.world_size})
+        barrier(d)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -242,33 +287,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 group["lr"] = t.lr_at(epoch)
         method.begin_epoch(epoch)
         method.train()
-        loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                             start_batch=start_step, device=device, num_workers=cfg.num_workers)
+        loader = make_loader(train_ds, cfg.batch_size // d.world_size, shuffle=True, seed=cfg.seed,
+                             epoch=epoch, rank=d.rank, world_size=d.world_size, start_batch=start_step,
+                             device=device, num_workers=cfg.num_workers)
         n_batches = start_step + len(loader)
         sums = {k: v.to(device) for k, v in partial.get("sums", {}).items()}
         n_done = partial.get("n", 0)
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
         bad_terms: dict[str, Any] = {}
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step, total=n_batches,
-                   leave=False, disable=None, mininterval=2.0)
+                   leave=False, disable=None if d.is_main else True, mininterval=2.0)
         for i, (x, y) in enumerate(bar, start=start_step):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             kill_point("step")
-            with _autocast(cfg, device):
-                out = method(x, y)
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(out["loss"]).backward()
-            run.scaler.step(run.optimizer)
-            for t in trainings:
-                if t.loss_key in out:   # the method trains this teacher on this step
-                    opt = run.teacher_optimizers[t.name]
-                    opt.zero_grad(set_to_none=True)
-                    run.scaler.scale(out[t.loss_key]).backward()
-                    run.scaler.step(opt)
-            run.scaler.update()
-            with torch.no_grad():
+            out = _step(run, x, y, trainings, d)
+            with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
                 bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
                 for k, v in out.items():
@@ -277,20 +312,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                     bad_terms[k] = torch.where(newly_bad, v, bad_terms.get(k, v))
             n_done += 1
             last_step = i + 1 == n_batches
-            if (i + 1) % LOG_EVERY == 0 or last_step:
-                _raise_if_bad(bad_step, bad_terms, epoch)
+            checkpoint_now = cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0 and not last_step
+            if (i + 1) % LOG_EVERY == 0 or last_step or checkpoint_now:
+                _raise_if_bad(all_reduce_max(bad_step, d), bad_terms, epoch)
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
-            if cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0 and not last_step:
-                _raise_if_bad(bad_step, bad_terms, epoch)
+            if checkpoint_now:
                 save(epoch, i + 1, None, {"sums": {k: v.cpu() for k, v in sums.items()}, "n": n_done})
         bar.close()
         method.end_epoch(epoch)
+        all_reduce_mean(sums, d)
         record = {"epoch": epoch, "lr": lr, "steps": n_done,
                   **{f"teacher_lr_{t.name}": t.lr_at(epoch) for t in trainings},
                   **{k: (v / max(n_done, 1)).item() for k, v in sums.items()},
                   **{k: float(v) for k, v in method.state_summary().items()}}
         best = None
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        if d.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             record.update(_evaluate(run, epoch))
             if record["wr"] > best_wr:
                 best_wr = record["wr"]
@@ -299,11 +335,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                         "config": cfg.to_dict()}
         record["time_s"] = round(time.perf_counter() - t0, 3)
         history.append(record)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                                   if isinstance(v, float) and k != "time_s"))
+        if d.is_main:
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                       if isinstance(v, float) and k != "time_s"))
         save(epoch, 0, best, {})
         start_step, partial = 0, {}
-    return _finish(rundir, cfg, history, device)
+    in_sync = max_param_difference(method, d)
+    result = _finish(rundir, cfg, history, device, d, in_sync) if d.is_main else {}
+    barrier(d)
+    teardown(d)
+    return result
 
 
 def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
@@ -314,7 +355,8 @@ def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
                             "stopped, the last good checkpoint is kept")
 
 
-def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device) -> dict[str, Any]:
+def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
+            rank_difference: float) -> dict[str, Any]:
     from .checkpoint import atomic_write_json
 
     state = rundir.read_state()
@@ -328,6 +370,7 @@ def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device) -> dict[str
                      "as the released code; last = final epoch",
         "checkpoints": {k: state[k] for k in ("last", "best") if k in state},
         "config": cfg.to_dict(), "provenance": provenance(device, cfg.seed),
+        "processes": d.world_size, "max_parameter_difference_between_ranks": rank_difference,
     }
     atomic_write_json(rundir.root / "result.json", result)
     return result
@@ -362,7 +405,8 @@ def _main(argv: list[str] | None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     result = train(config_from_args(args), resume=args.resume)
-    print(f"done: last {result['last']}, best {result['best']} -> {args.out or result['config']['out']}")
+    if result:   # rank 0 (or a single process)
+        print(f"done: last {result['last']}, best {result['best']} -> {result['config']['out']}")
     return 0
 
 

@@ -75,20 +75,28 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
+def _norm(channels: int, norm: str) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "none":
+        return nn.Identity()
+    raise UserError(f"norm {norm!r} is not valid; accepted: batch, none")
+
+
 class _HeBlock(nn.Module):
     """The basic block with chenyaofo's names (``downsample`` = 1x1 conv + BN, or None)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "batch"):
         super().__init__()
         self.conv1 = _conv3x3(c_in, c_out, stride)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn1 = _norm(c_out, norm)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(c_out, c_out)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        self.bn2 = _norm(c_out, norm)
         self.downsample = None
         if stride != 1 or c_in != c_out:
             self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(c_out))
+                                            _norm(c_out, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -100,21 +108,21 @@ class _HeBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Depth-(6n+2) CIFAR ResNet, channels ``width``, 2x, 4x (16/32/64 by default)."""
 
-    def __init__(self, depth: int = 56, num_classes: int = 10, width: int = 16):
+    def __init__(self, depth: int = 56, num_classes: int = 10, width: int = 16, norm: str = "batch"):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise UserError(f"CIFAR ResNet depth {depth} is not valid; accepted: 6n+2 "
                             "(8, 20, 32, 44, 56, 110, ...)")
         n = (depth - 2) // 6
         self.conv1 = _conv3x3(3, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = _norm(width, norm)
         self.relu = nn.ReLU(inplace=True)
         c_in = width
         for stage in range(3):
             c_out = width * 2 ** stage
             blocks = []
             for i in range(n):
-                blocks.append(_HeBlock(c_in, c_out, 2 if (stage > 0 and i == 0) else 1))
+                blocks.append(_HeBlock(c_in, c_out, 2 if (stage > 0 and i == 0) else 1, norm))
                 c_in = c_out
             setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
         self.fc = nn.Linear(c_in, num_classes)
@@ -141,12 +149,16 @@ def resnet18_tiny(num_classes: int = 10, width: int = 8) -> ResNet:
 
 
 @register_model
-def resnet56(num_classes: int = 10, depth: int = 56, width: int = 16) -> CifarResNet:
+def resnet56(num_classes: int = 10, depth: int = 56, width: int = 16, norm: str = "batch") -> CifarResNet:
     """CIFAR ResNet-56 clean teacher (CIFAR-10): 0.86 M parameters, 0.25 GFLOPs per image."""
-    return CifarResNet(depth=depth, num_classes=num_classes, width=width)
+    return CifarResNet(depth=depth, num_classes=num_classes, width=width, norm=norm)
 
 
 @register_model
-def resnet8(num_classes: int = 10, depth: int = 8, width: int = 16) -> CifarResNet:
-    """CIFAR ResNet-8 (one block per stage): the CPU stand-in for ``resnet56``."""
-    return CifarResNet(depth=depth, num_classes=num_classes, width=width)
+def resnet8(num_classes: int = 10, depth: int = 8, width: int = 16, norm: str = "batch") -> CifarResNet:
+    """CIFAR ResNet-8 (one block per stage): the CPU stand-in for ``resnet56``.
+
+    ``norm="none"`` drops BatchNorm (a model whose data-parallel training equals one process
+    with the same global batch exactly: the multi-process test uses it).
+    """
+    return CifarResNet(depth=depth, num_classes=num_classes, width=width, norm=norm)

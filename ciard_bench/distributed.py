@@ -1,0 +1,134 @@
+"""Data-parallel training over processes started by ``torchrun`` (PyTorch's distributed engine).
+
+``torchrun --nproc_per_node N -m ciard_bench.train ...`` trains ONE run on N processes: each
+takes its shard of every global batch (``--batch-size`` is the global batch), gradients of
+the student and of a teacher the method trains (CIARD's ITT) are averaged over processes
+after each backward, and rank 0's BatchNorm statistics are broadcast after each step, so
+every rank holds the same weights. Frozen teachers need nothing: each rank loads them.
+
+Why not the ``DistributedDataParallel`` wrapper: a distillation step runs the student many
+times per backward (10 attack forwards whose gradient is taken with respect to the input
+only, then train-mode forwards on x and x' that share one backward). DDP's reducer expects
+one forward per backward and fails ("Expected to have finished reduction in the prior
+iteration"). Averaging flattened gradients with ``all_reduce`` after the backward is the
+arithmetic DDP performs, without that constraint. Only rank 0 evaluates and writes files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_name: str) -> tuple[Dist, str]:
+    """Join the process group when started by torchrun; returns (Dist, device name to use)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device_name
+    import torch
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device_name!r} was asked for but this machine has no CUDA GPU")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        return Dist(rank, world, local), f"cuda:{local}"
+    return Dist(rank, world, local), "cpu"
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def average_gradients(params: Iterable[Any], d: Dist) -> None:
+    """All-reduce the gradients of ``params`` (one flattened buffer) and divide by world size."""
+    if not d.enabled:
+        return
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat.div_(d.world_size)
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def broadcast_state(module: Any, d: Dist, params: bool = True) -> None:
+    """Copy rank 0's buffers (and parameters) to every rank."""
+    if not d.enabled:
+        return
+    import torch.distributed as dist
+
+    tensors = list(module.buffers()) + (list(module.parameters()) if params else [])
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
+def all_reduce_max(value: Any, d: Dist) -> Any:
+    if d.enabled:
+        import torch.distributed as dist
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def all_reduce_mean(values: dict[str, Any], d: Dist) -> dict[str, Any]:
+    if d.enabled:
+        import torch.distributed as dist
+        for v in values.values():
+            dist.all_reduce(v)
+            v.div_(d.world_size)
+    return values
+
+
+def gather(obj: Any, d: Dist) -> list[Any]:
+    """Every rank's ``obj``, as a list indexed by rank (on every rank)."""
+    if not d.enabled:
+        return [obj]
+    import torch.distributed as dist
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def max_param_difference(module: Any, d: Dist) -> float:
+    """Largest absolute difference of any parameter between rank 0 and another rank."""
+    if not d.enabled:
+        return 0.0
+    import torch
+    flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in module.parameters()])
+    copies = gather(flat, d)
+    return max(float((c - copies[0]).abs().max()) for c in copies)
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+        dist.barrier()
