@@ -17,9 +17,9 @@ AMP_MODES = ("none", "bf16", "fp16")
 PROTOCOLS = ("released", "shared")
 # The shared protocol (--protocol shared): every method trained like CIARD, for equal budgets.
 SHARED_PROTOCOL = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-                   "weight_decay": 2e-4, "schedule": "ciard_released"}
+                   "weight_decay": 2e-4, "schedule": "ciard_released", "nesterov": False}
 _FALLBACK = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-             "weight_decay": 2e-4, "schedule": "multistep"}
+             "weight_decay": 2e-4, "schedule": "multistep", "nesterov": False}
 OPTIM_KEYS = tuple(_FALLBACK)
 
 
@@ -45,6 +45,7 @@ class TrainConfig:
     momentum: float | None = None
     weight_decay: float | None = None
     schedule: str | None = None
+    nesterov: bool | None = None
     eps: float = 8 / 255
     alpha: float = 2 / 255
     attack_steps: int = 10
@@ -161,6 +162,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--momentum", type=float)
     o.add_argument("--weight-decay", type=float)
     o.add_argument("--schedule", help="ciard_released | cosine | multistep | ard_released | ...")
+    o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (Fair-ARD's code uses it)")
     o.add_argument("--eps", help="training L-inf radius (default 8/255)")
     o.add_argument("--alpha", help="training PGD step (default 2/255)")
     o.add_argument("--attack-steps", type=int, help="training PGD steps (default 10)")
@@ -189,6 +192,8 @@ def add_method_arguments(parser: argparse.ArgumentParser, method_cls: type) -> N
         return
     g = parser.add_argument_group(f"{method_cls.name} options")
     for f in fields:
+        if _flag(f.name) in parser._option_string_actions:   # a method option may not shadow an engine flag
+            raise ValueError(f"method {method_cls.name!r}: option {f.name!r} collides with the engine flag {_flag(f.name)}")
         kw: dict[str, Any] = {"dest": f"opt__{f.name}", "default": None, "metavar": f.name.upper(),
                               "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
         if isinstance(f.default, bool):

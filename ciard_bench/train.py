@@ -111,7 +111,7 @@ def build(cfg: TrainConfig, device) -> Run:
         for module in [method.student, *(getattr(method, r) for r in get_method(cfg.method).teachers)]:
             module.compile()
     optimizer = torch.optim.SGD(method.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     teacher_optimizers = {
         t.name: torch.optim.SGD(getattr(method, t.name).parameters(), lr=0.0, momentum=t.momentum,
                                 weight_decay=t.weight_decay)

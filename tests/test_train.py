@@ -267,3 +267,14 @@ def test_bad_config_files(tmp_path, capsys):
     opt.write_text(json.dumps({"method": "ciard", "method_options": {"inner": "sideways"}}))
     assert engine.main(["--config", str(opt), "--out", str(tmp_path / "r")]) == 2
     assert "inner 'sideways' is not valid" in capsys.readouterr().err
+
+
+def test_nesterov_default_follows_the_method_and_reaches_the_optimiser(tmp_path):
+    from ciard_bench.config import resolve
+
+    assert resolve(TrainConfig(method="fair_ard")).nesterov is True      # Fair-ARD's released SGD
+    assert resolve(TrainConfig(method="ard")).nesterov is False
+    assert resolve(TrainConfig(method="fair_ard", protocol="shared")).nesterov is False
+    run = engine.build(resolve(TrainConfig(method="standard", student="resnet8", n_train=16, n_test=8,
+                                           nesterov=True)), torch.device("cpu"))
+    assert run.optimizer.param_groups[0]["nesterov"] is True

@@ -13,9 +13,9 @@ Official code: github.com/NISP-official/Fair-ARD (``Fair-ARD.py``); METHODS.md Â
   ``KLDivLoss()`` on one row).
 * SGD 0.1, momentum 0.9, NESTEROV, wd 2e-4, 200 epochs, ARD's schedule bug (``ard_released``).
 
-Quirks and switches: those of ARD (``attack_mode``, ``--schedule ard_paper``). Not reproduced:
-Nesterov momentum (the engine's SGD has no Nesterov setting yet), and
-the Fair-RSLAD / Fair-MTARD / Fair-IAD variants of the same repository.
+Quirks and switches: those of ARD (``attack_mode``, ``--schedule ard_paper``); Nesterov
+momentum is the default as released (``--no-nesterov`` turns it off). Not reproduced: the
+Fair-RSLAD / Fair-MTARD / Fair-IAD variants of the same repository.
 The class weights and the kappa accumulators are buffers, so a run resumed in the middle of
 an epoch continues the epoch's counts.
 """
@@ -36,6 +36,7 @@ class FairARD(ARD):
     name = "fair_ard"
     description = "ARD with class weights from per-class robustness (robust fairness)"
     paper = "Revisiting Adversarial Robustness Distillation from the Perspective of Robust Fairness (NeurIPS 2023)"
+    train_defaults = {**ARD.train_defaults, "nesterov": True}   # the released script's SGD
 
     @dataclass
     class Options(ARD.Options):
