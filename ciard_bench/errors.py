@@ -6,8 +6,9 @@ A ``UserError`` message is a single line naming the bad value and what is accept
 """
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 
 class UserError(ValueError):
@@ -33,3 +34,11 @@ def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | No
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <what>; see --help`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .errors import UserError, choices_error, cli_main
+from .errors import ArgumentParser, UserError, choices_error, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ _SUBCOMMANDS = [_add_list, _add_check, _add_train]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ciard_bench.teachers`` parser (subcommands from ``_SUBCOMMANDS``)."""
-    parser = argparse.ArgumentParser(prog="python -m ciard_bench.teachers",
+    parser = ArgumentParser(prog="python -m ciard_bench.teachers",
                                      description="Teachers: RobustBench zoo and state-dict files.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:

@@ -22,7 +22,7 @@ from typing import Any
 from .config import RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments, config_from_args, resolve
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
                           broadcast_state, gather, max_param_difference, setup, teardown)
-from .errors import UserError, cli_main
+from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .runs import RunDir, check_writable
 from .utils import provenance, resolve_device, seed_everything
@@ -379,7 +379,7 @@ def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
 def _parser(method_name: str) -> argparse.ArgumentParser:
     from .methods import get_method
 
-    parser = argparse.ArgumentParser(prog="python -m ciard_bench.train",
+    parser = ArgumentParser(prog="python -m ciard_bench.train",
                                      description="Train a student (or teacher) with one method.")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -392,7 +392,7 @@ def _main(argv: list[str] | None) -> int:
     from .config import load_config_file
     from .methods import get_method, list_methods
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--method")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)

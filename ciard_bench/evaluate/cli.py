@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from ..attacks import list_attacks
-from ..errors import UserError, cli_main
+from ..errors import ArgumentParser, UserError, cli_main
 from .engine import evaluate, resolve_attacks
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ciard_bench.evaluate",
+    p = ArgumentParser(prog="python -m ciard_bench.evaluate",
                                 description=__doc__.split("\n")[0].strip("`"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a ciard-bench checkpoint (or a state dict with --arch)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UserError, cli_main
+from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
 from .registry import count_flops, count_parameters, create_model, list_models
 
@@ -31,7 +31,7 @@ def model_table(pattern: str | None = None, num_classes: int = 10,
 
 
 def _run(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ciard_bench.models",
+    parser = ArgumentParser(prog="python -m ciard_bench.models",
                                      description="Registered models: parameters and FLOPs.")
     parser.add_argument("--pattern", default=None, help="fnmatch filter, e.g. 'wrn_*'")
     parser.add_argument("--num-classes", default="10", help="classifier size (default 10)")
