@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, cli_main
+from ..errors import ArgumentParser, UserError, cli_main
 from . import card as cards
 from .issue import issue_text, zoo_entry_text
 from .zoo import (ACCEPT_TOLERANCE_PP, THREAT, check_name_free, register_zoo_entry,
@@ -29,8 +29,8 @@ _FLAG_FIELDS = {"paper_title": "name", "link": "link", "authors": "authors", "ve
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ciard_bench.submit",
-                                description=__doc__.split("\n")[0].strip("`"))
+    p = ArgumentParser(prog="python -m ciard_bench.submit",
+                       description=__doc__.split("\n")[0].strip("`"))
     p.add_argument("--checkpoint", required=True, help="a ciard-bench checkpoint or run folder")
     p.add_argument("--name", required=True, help="RobustBench id <Name><Year><FirstWord>[_suffix]")
     p.add_argument("--dataset", required=True, help="leaderboard: cifar10 | cifar100")
@@ -79,11 +79,18 @@ def _validate(args: argparse.Namespace) -> dict:
     out = Path(args.out or Path("submissions") / args.name)
     check_writable(out)
     return {"eps": parse_eps(args.eps), "n": positive_int(args.n_examples, "--n-examples"),
-            "batch_size": positive_int(args.batch_size, "--batch-size"), "seed": int(args.seed),
+            "batch_size": positive_int(args.batch_size, "--batch-size"), "seed": _seed(args.seed),
             "sanity_examples": positive_int(args.sanity_examples, "--sanity-examples"),
             "device": resolve_device(args.device), "user": user, "aa_budget": budget,
             "out": out, "data": args.data or args.dataset,
             "n_classes": cards.NUM_CLASSES[args.dataset]}
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as err:
+        raise UserError(f"--seed {text!r} is not an integer") from err
 
 
 def _load_points(args: argparse.Namespace, v: dict) -> tuple:
@@ -131,6 +138,9 @@ def _preflight(model, x, y, v: dict, force: bool) -> None:
     head = x[:min(len(x), v["batch_size"], 64)].to(v["device"])
     with torch.no_grad():
         logits = model(head)
+    if logits.ndim == 2 and logits.shape[1] != v["n_classes"]:
+        raise UserError(f"the checkpoint's model has {logits.shape[1]} outputs but the "
+                        f"leaderboard dataset has {v['n_classes']} classes")
     _refuse_on_checks([sanity.check_eval_mode(model), sanity.check_deterministic(model, head),
                        sanity.check_logits(logits, v["n_classes"]),
                        sanity.check_gradients(model, head, y[:len(head)].to(v["device"]))], force)
