@@ -30,7 +30,9 @@ _FLAG_FIELDS = {"paper_title": "name", "link": "link", "authors": "authors", "ve
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m ciard_bench.submit",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description="Evaluate a student by RobustBench's protocol (AutoAttack "
+                       "standard, first N test points, eps 8/255) and write a leaderboard "
+                       "submission: card, zoo-layout weights, zoo entry, issue text.")
     p.add_argument("--checkpoint", required=True, help="a ciard-bench checkpoint or run folder")
     p.add_argument("--name", required=True, help="RobustBench id <Name><Year><FirstWord>[_suffix]")
     p.add_argument("--dataset", required=True, help="leaderboard: cifar10 | cifar100")
@@ -45,11 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: submissions/<name>)")
     p.add_argument("--info", help="YAML/JSON with card fields: " + ", ".join(cards.INFO_KEYS))
     p.add_argument("--paper-title", help="the card's 'name' field (the paper title)")
-    for flag in ("link", "authors", "venue", "architecture", "reported", "footnote",
-                 "checkpoint-url", "license"):
-        p.add_argument(f"--{flag}")
+    for flag in ("link", "authors", "venue", "architecture", "reported", "footnote"):
+        p.add_argument(f"--{flag}", help=f"the card's '{flag}' field (overrides --info)"
+                       + ("; protocol notes are always appended" if flag == "footnote" else ""))
+    p.add_argument("--checkpoint-url", help="where the weights can be downloaded (issue text)")
+    p.add_argument("--license", help="MIT, or the URL of a custom license (issue text)")
     p.add_argument("--additional-data", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--aa-state", help="AutoAttack resume file (JSON) for long runs")
+    p.add_argument("--aa-state", help="AutoAttack resume file (JSON) for long runs; "
+                   "delete it when the checkpoint changes")
     p.add_argument("--no-expensive-checks", dest="expensive_checks", action="store_false",
                    help="skip the eps-sweep and noise sanity checks")
     p.add_argument("--sanity-examples", default="100")
