@@ -81,3 +81,44 @@ def test_sigkill_mid_epoch_during_checkpoint_write_and_during_evaluation_then_re
     state = RunDir(killed).read_state()
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == sorted(
         {state["last"]["file"], state["best"]["file"]})
+
+
+def _strip_volatile(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_volatile(v) for k, v in obj.items()
+                if k not in ("time_s", "time_per_attacked_s", "command", "provenance", "cost")}
+    if isinstance(obj, list):
+        return [_strip_volatile(v) for v in obj]
+    return obj
+
+
+def test_evaluation_killed_between_attacks_resumes_with_the_same_numbers(tmp_path, run_args):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "student.pt"
+    save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10}, ckpt)
+    args = ["--checkpoint", str(ckpt), "--dataset", "digits", "--n-examples", "24", "--batch-size", "12",
+            "--attacks", "fgsm,pgd_trades,aa", "--aa-attacks", "apgd-ce", "--no-expensive-checks",
+            "--device", "cpu"]
+
+    def evaluate(out, kill_at=None):
+        env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_KILL_AT"}
+        if kill_at:
+            env["CIARD_BENCH_KILL_AT"] = kill_at
+        return subprocess.run([sys.executable, "-m", "ciard_bench.evaluate", *args, "--out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    assert evaluate(tmp_path / "straight.json").returncode == 0
+    out = tmp_path / "killed.json"
+    proc = evaluate(out, kill_at="attack_done:2")              # killed after pgd_trades was cached
+    assert proc.returncode == -9 and not out.exists()
+    partial = json.loads((tmp_path / "killed.json.partial.json").read_text())
+    assert sorted(partial["attacks"]) == ["fgsm", "pgd_trades"]
+    resumed = evaluate(out)
+    assert resumed.returncode == 0, resumed.stderr[-500:]
+    assert "pgd_trades: " in resumed.stderr and "(cached in" in resumed.stderr
+    a = json.loads((tmp_path / "straight.json").read_text())
+    b = json.loads(out.read_text())
+    assert _strip_volatile(a["attacks"]) == _strip_volatile(b["attacks"])
+    assert a["worst_case_white_box"] == b["worst_case_white_box"]
+    assert not (tmp_path / "killed.json.partial.json").exists()
+    assert not (tmp_path / "killed.json.aa_state.json").exists()

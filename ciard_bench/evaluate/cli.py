@@ -95,12 +95,16 @@ def _run(argv: list[str] | None) -> int:
                            args.model_dir, device) if args.source else None)
     overrides = ({"aa": {"version": "custom", "attacks": args.aa_attacks.split(",")}}
                  if args.aa_attacks else {})
+    # an interrupted evaluation restarts where it stopped: finished attacks are cached next to
+    # the output and AutoAttack keeps its own state file (both removed once the JSON is written)
+    cache = out.with_name(out.name + ".partial.json")
+    aa_state = args.aa_state or str(out.with_name(out.name + ".aa_state.json"))
     result = evaluate(model, to_float_nchw(data.x_test[:n]), data.y_test[:n], names, eps,
                       batch_size=batch_size, seed=seed, n_classes=data.num_classes, device=device,
                       source=source, skip_misclassified=args.skip_misclassified,
                       expensive_checks=args.expensive_checks,
                       sanity_examples=positive_int(args.sanity_examples, "--sanity-examples"),
-                      aa_state=args.aa_state, overrides=overrides, progress=args.progress)
+                      aa_state=aa_state, overrides=overrides, progress=args.progress, cache=cache)
     if "all" in args.attacks and not args.source:
         print("note: transfer attacks need --source (a robust teacher); not run", file=sys.stderr)
     result.update({"model": info, "dataset": args.dataset, "eps_text": args.eps,
@@ -108,6 +112,9 @@ def _run(argv: list[str] | None) -> int:
                    "command": ["python", "-m", "ciard_bench.evaluate", *(argv or sys.argv[1:])],
                    "provenance": provenance(device, seed)})
     atomic_write_json(out, result)
+    cache.unlink(missing_ok=True)
+    if not args.aa_state:
+        Path(aa_state).unlink(missing_ok=True)
     print(summary_table(result))
     print(f"wrote {out}")
     return 0

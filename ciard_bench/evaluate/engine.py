@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .. import sanity
 from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, list_attacks
 from ..errors import UserError, choices_error
+from ..faults import kill_point
 from ..utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,38 @@ def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Op
     return entry, res["ok"], checks
 
 
+def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
+    """What a cached attack result depends on: model outputs, points, every setting."""
+    import hashlib
+    import json
+
+    with torch.no_grad():
+        probe = model(x[:8].to(opt.device)).float().cpu()
+    blob = json.dumps({"eps": opt.eps, "seed": opt.seed, "n": len(y), "skip": opt.skip_misclassified,
+                       "batch_size": opt.batch_size, "overrides": opt.overrides, "n_classes": opt.n_classes,
+                       "clean": encode_mask(clean_ok), "y": hashlib.sha256(y.numpy().tobytes()).hexdigest(),
+                       "x": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
+                       "probe": [round(v, 4) for v in probe.flatten().tolist()],
+                       "source": opt.source is not None}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_cache(path: Any, key: str) -> dict:
+    import json
+    from pathlib import Path
+
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError:
+        return {}
+    if data.get("key") != key:
+        log.warning("ignoring %s: it was written for other points, model or settings", path)
+        return {}
+    return data.get("attacks", {})
+
+
 def robustness_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      eps_list: Sequence[float], attack: str = "pgd_trades", *,
                      batch_size: int = 128, seed: int = 0, n_classes: int | None = None,
@@ -258,12 +291,17 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              device: Any = None, source: torch.nn.Module | None = None,
              skip_misclassified: bool = True, expensive_checks: bool = True,
              sanity_examples: int = 100, aa_state: Any = None,
-             overrides: dict | None = None, progress: bool = False) -> dict:
+             overrides: dict | None = None, progress: bool = False, cache: Any = None) -> dict:
     """Run ``attacks`` on ``(x, y)`` (images in [0, 1]) and return the result dict.
 
     ``overrides`` maps an attack name to setting overrides (``{"aa": {"version": "custom",
-    "attacks": ["apgd-ce"]}}``); ``aa_state`` is AutoAttack's resume file.
+    "attacks": ["apgd-ce"]}}``); ``aa_state`` is AutoAttack's resume file. With ``cache`` (a
+    JSON path) every finished attack is recorded there at once, and a restarted evaluation
+    of the same model, points and settings reuses those results instead of attacking again
+    (AutoAttack itself resumes mid-cascade from ``aa_state``).
     """
+    from ..checkpoint import atomic_write_json
+
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
@@ -283,9 +321,20 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     clean_ok = predict(model, x, batch_size, device) == y
     clean = _entry(clean_ok)
     entries, correct = {}, {}
+    key = _fingerprint(model, x, y, clean_ok, names, opt) if cache is not None else None
+    cached = _read_cache(cache, key)
     for name in tqdm(names, desc="attacks", disable=not progress):
-        entries[name], correct[name], more = _evaluate_attack(name, model, x, y, clean_ok,
-                                                              clean["accuracy"], opt)
+        if name in cached:
+            entries[name], more = cached[name]["entry"], cached[name]["checks"]
+            correct[name] = decode_mask(entries[name]["correct"])
+            log.info("%s: %.2f%% (cached in %s)", name, entries[name]["accuracy"], cache)
+        else:
+            entries[name], correct[name], more = _evaluate_attack(name, model, x, y, clean_ok,
+                                                                  clean["accuracy"], opt)
+            if cache is not None:
+                cached[name] = {"entry": entries[name], "checks": more}
+                atomic_write_json(cache, {"key": key, "attacks": cached})
+                kill_point("attack_done")    # tests: a kill between two attacks
         checks += more
         log.info("%s: %.2f%% (%.1f s)", name, entries[name]["accuracy"], entries[name]["time_s"])
     kinds = {a: e["kind"] for a, e in entries.items()}
