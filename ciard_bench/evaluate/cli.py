@@ -21,7 +21,8 @@ from .engine import evaluate, resolve_attacks
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m ciard_bench.evaluate",
-                                description=__doc__.split("\n")[0].strip("`"))
+                       description="Evaluate a model (checkpoint, run folder or RobustBench zoo "
+                                   "model) with the paper's attacks and sanity checks; write one JSON.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a ciard-bench checkpoint (or a state dict with --arch)")
     src.add_argument("--zoo", metavar="NAME", help="a RobustBench zoo model read from --model-dir")
