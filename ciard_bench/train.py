@@ -10,11 +10,8 @@ optimiser, scaler and adaptive method state is in the checkpoint.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import logging
 import math
-import random
 import sys
 import time
 from typing import Any
@@ -25,7 +22,8 @@ from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradien
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .runs import RunDir, check_writable
-from .utils import provenance, resolve_device, seed_everything
+from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
+from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("ciard_bench.train")
 FORMAT = "ciard-bench/1"
@@ -36,137 +34,12 @@ class NonFiniteLoss(UserError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
-def _rng_state(device) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_gauss": random.getstate()[2],
-             "numpy": torch.from_numpy(np_state[1].astype("int64")), "numpy_pos": int(np_state[2])}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], 0, 0.0))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _autocast(cfg: TrainConfig, device):
-    import torch
-
-    if cfg.amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@dataclasses.dataclass
-class Run:
-    cfg: TrainConfig
-    device: Any
-    data: Any
-    method: Any
-    optimizer: Any
-    teacher_optimizers: dict
-    scaler: Any
-    x_test: Any
-    y_test: Any
-
-
-def build(cfg: TrainConfig, device) -> Run:
-    """Data, student, teachers, method and optimisers for a resolved config."""
-    import torch
-
-    from .data import load_dataset, to_float_nchw
-    from .methods import Context, create_method, get_method
-    from .models import create_model
-
-    data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
-                        n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
-    student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
-    teachers = {}
-    for role in get_method(cfg.method).teachers:
-        spec = getattr(cfg, role)
-        if spec is None:
-            raise UserError(f"method {cfg.method!r} needs --{role.replace('_', '-')} "
-                            "(PATH | ARCH=PATH | rb:NAME; train one with python -m ciard_bench.teachers train)")
-        from .teachers import load_teacher
-        teachers[role] = load_teacher(spec, dataset=cfg.dataset, num_classes=data.num_classes,
-                                      model_dir=cfg.teacher_model_dir, device="cpu")
-    ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
-                  steps=cfg.attack_steps)
-    method = create_method(cfg.method, student, teachers, ctx, cfg.method_options).to(device)
-    if cfg.channels_last:
-        method.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        for module in [method.student, *(getattr(method, r) for r in get_method(cfg.method).teachers)]:
-            module.compile()
-    optimizer = torch.optim.SGD(method.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    teacher_optimizers = {
-        t.name: torch.optim.SGD(getattr(method, t.name).parameters(), lr=0.0, momentum=t.momentum,
-                                weight_decay=t.weight_decay)
-        for t in method.teacher_trainings()}
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    x_test = to_float_nchw(data.x_test).to(device)
-    return Run(cfg, device, data, method, optimizer, teacher_optimizers, scaler, x_test,
-               data.y_test.to(device))
-
-
-def accuracy(model, x, y, batch_size: int, attack: str | None = None, eps: float = 8 / 255,
-             seed: int = 0) -> float:
-    """Accuracy (percent) of ``model`` in eval mode, clean or under a registered attack."""
-    import torch
-
-    from .methods.pgd import eval_mode
-
-    correct = torch.zeros((), device=x.device)
-    with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        atk = None
-        if attack is not None:
-            from .attacks import create_attack
-            atk = create_attack(attack, model, eps=eps)
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            if atk is not None:
-                xb = atk(xb, yb)
-            with torch.no_grad():
-                correct += (model(xb).argmax(1) == yb).sum()
-    return 100.0 * correct.item() / len(x)
-
-
-def _evaluate(run: Run, epoch: int) -> dict[str, float]:
-    kill_point("eval")
-    cfg, seed = run.cfg, run.cfg.seed * 100003 + epoch
-    models = {"student": run.method.student}
-    if cfg.eval_teachers:
-        models.update({r: getattr(run.method, r) for r in run.method.teachers})
-    metrics = {}
-    for who, model in models.items():
-        prefix = "" if who == "student" else f"{who}_"
-        clean = accuracy(model, run.x_test, run.y_test, cfg.eval_batch_size)
-        robust = accuracy(model, run.x_test, run.y_test, cfg.eval_batch_size, "pgd_trades", cfg.eps, seed)
-        metrics.update({f"{prefix}clean_acc": clean, f"{prefix}pgd_trades_acc": robust,
-                        f"{prefix}wr": (clean + robust) / 2})
-    return metrics
-
-
 def _training_state(run: Run, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
     return {"format": FORMAT, "arch": _arch(run), "state_dict": run.method.student.state_dict(),
             "epoch": epoch, "step": step, "method_state": run.method.checkpoint_state(),
             "optimizer": run.optimizer.state_dict(),
             "teacher_optimizers": {k: o.state_dict() for k, o in run.teacher_optimizers.items()},
-            "scaler": run.scaler.state_dict(), "rng": _rng_state(run.device),
+            "scaler": run.scaler.state_dict(), "rng": rng_state(run.device),
             "config": run.cfg.to_dict(), **extra}
 
 
@@ -185,7 +58,7 @@ def _restore(run: Run, ckpt: dict[str, Any], d: Dist) -> None:
     for name, state in ckpt["teacher_optimizers"].items():
         run.teacher_optimizers[name].load_state_dict(state)
     run.scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ranks[d.rank], run.device)
+    set_rng_state(ranks[d.rank], run.device)
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
@@ -200,7 +73,7 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> N
 
 def _step(run: Run, x, y, trainings: list, d: Dist) -> dict[str, Any]:
     """One optimisation step of the student (and of any teacher the method trains)."""
-    with _autocast(run.cfg, run.device):
+    with autocast(run.cfg, run.device):
         out = run.method(x, y)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out["loss"]).backward()
@@ -268,7 +141,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     train_ds = ArrayDataset(run.data.x_train, run.data.y_train, augment=True, seed=cfg.seed)
 
     def save(epoch: int, step: int, best: dict | None, sums: dict) -> None:
-        rng = gather(_rng_state(device), d)          # collective: every rank takes part
+        rng = gather(rng_state(device), d)          # collective: every rank takes part
         if d.is_main:
             extra = {"history": history, "best_wr": best_wr, "partial": sums}
             state = _training_state(run, epoch, step, extra)
@@ -327,7 +200,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                   **{k: float(v) for k, v in method.state_summary().items()}}
         best = None
         if d.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            record.update(_evaluate(run, epoch))
+            record.update(evaluate_epoch(run, epoch))
             if record["wr"] > best_wr:
                 best_wr = record["wr"]
                 best = {"format": FORMAT, "arch": _arch(run), "state_dict": method.student.state_dict(),

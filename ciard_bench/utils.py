@@ -120,3 +120,29 @@ def provenance(device: Any = None, seed: int | None = None) -> dict:
             pass
     info["cpu_count"] = os.cpu_count()
     return info
+
+
+def rng_state(device) -> dict[str, Any]:
+    """Every RNG the training step draws from (torch CPU/CUDA, numpy, python) as tensors/lists."""
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_gauss": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype("int64")), "numpy_pos": int(np_state[2])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device) -> None:
+    """Restore what :func:`rng_state` saved."""
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], 0, 0.0))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -6,7 +6,6 @@ initialised), which makes even the 267 M-parameter WRN-70-16 instant to count.
 """
 from __future__ import annotations
 
-import argparse
 
 from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int

@@ -1,0 +1,114 @@
+"""Building a training run (data, models, method, optimisers) and its per-epoch evaluation.
+
+Split from :mod:`ciard_bench.train` so that the engine's loop reads top to bottom.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+from .config import TrainConfig
+from .errors import UserError
+from .faults import kill_point
+
+
+def autocast(cfg: TrainConfig, device):
+    import torch
+
+    if cfg.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: TrainConfig
+    device: Any
+    data: Any
+    method: Any
+    optimizer: Any
+    teacher_optimizers: dict
+    scaler: Any
+    x_test: Any
+    y_test: Any
+
+
+def build(cfg: TrainConfig, device) -> Run:
+    """Data, student, teachers, method and optimisers for a resolved config."""
+    import torch
+
+    from .data import load_dataset, to_float_nchw
+    from .methods import Context, create_method, get_method
+    from .models import create_model
+
+    data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
+                        n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+    student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
+    teachers = {}
+    for role in get_method(cfg.method).teachers:
+        spec = getattr(cfg, role)
+        if spec is None:
+            raise UserError(f"method {cfg.method!r} needs --{role.replace('_', '-')} "
+                            "(PATH | ARCH=PATH | rb:NAME; train one with python -m ciard_bench.teachers train)")
+        from .teachers import load_teacher
+        teachers[role] = load_teacher(spec, dataset=cfg.dataset, num_classes=data.num_classes,
+                                      model_dir=cfg.teacher_model_dir, device="cpu")
+    ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
+                  steps=cfg.attack_steps)
+    method = create_method(cfg.method, student, teachers, ctx, cfg.method_options).to(device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in [method.student, *(getattr(method, r) for r in get_method(cfg.method).teachers)]:
+            module.compile()
+    optimizer = torch.optim.SGD(method.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    teacher_optimizers = {
+        t.name: torch.optim.SGD(getattr(method, t.name).parameters(), lr=0.0, momentum=t.momentum,
+                                weight_decay=t.weight_decay)
+        for t in method.teacher_trainings()}
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    x_test = to_float_nchw(data.x_test).to(device)
+    return Run(cfg, device, data, method, optimizer, teacher_optimizers, scaler, x_test,
+               data.y_test.to(device))
+
+
+def accuracy(model, x, y, batch_size: int, attack: str | None = None, eps: float = 8 / 255,
+             seed: int = 0) -> float:
+    """Accuracy (percent) of ``model`` in eval mode, clean or under a registered attack."""
+    import torch
+
+    from .methods.pgd import eval_mode
+
+    correct = torch.zeros((), device=x.device)
+    with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        atk = None
+        if attack is not None:
+            from .attacks import create_attack
+            atk = create_attack(attack, model, eps=eps)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            if atk is not None:
+                xb = atk(xb, yb)
+            with torch.no_grad():
+                correct += (model(xb).argmax(1) == yb).sum()
+    return 100.0 * correct.item() / len(x)
+
+
+def evaluate_epoch(run: Run, epoch: int) -> dict[str, float]:
+    kill_point("eval")
+    cfg, seed = run.cfg, run.cfg.seed * 100003 + epoch
+    models = {"student": run.method.student}
+    if cfg.eval_teachers:
+        models.update({r: getattr(run.method, r) for r in run.method.teachers})
+    metrics = {}
+    for who, model in models.items():
+        prefix = "" if who == "student" else f"{who}_"
+        clean = accuracy(model, run.x_test, run.y_test, cfg.eval_batch_size)
+        robust = accuracy(model, run.x_test, run.y_test, cfg.eval_batch_size, "pgd_trades", cfg.eps, seed)
+        metrics.update({f"{prefix}clean_acc": clean, f"{prefix}pgd_trades_acc": robust,
+                        f"{prefix}wr": (clean + robust) / 2})
+    return metrics
