@@ -122,3 +122,30 @@ def test_evaluation_killed_between_attacks_resumes_with_the_same_numbers(tmp_pat
     assert a["worst_case_white_box"] == b["worst_case_white_box"]
     assert not (tmp_path / "killed.json.partial.json").exists()
     assert not (tmp_path / "killed.json.aa_state.json").exists()
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("cli", ["evaluate", "train", "submit"])
+def test_a_checkpoint_that_would_run_code_is_refused_by_every_cli(tmp_path, cli, capsys):
+    import importlib
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Evil(marker)}, evil)
+    argv = {"evaluate": ["--checkpoint", str(evil), "--dataset", "digits", "--attacks", "fgsm",
+                         "--out", str(tmp_path / "e.json")],
+            "train": ["--method", "rslad", "--student", "resnet8", "--robust-teacher", str(evil),
+                      "--n-train", "16", "--out", str(tmp_path / "r")],
+            "submit": ["--checkpoint", str(evil), "--name", "Evil2024Payload", "--dataset", "cifar10",
+                       "--data", "digits", "--n-examples", "16", "--out", str(tmp_path / "s")]}[cli]
+    code = importlib.import_module(f"ciard_bench.{cli}").main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "could run code" in err
+    assert not marker.exists()
