@@ -1,0 +1,175 @@
+"""``python -m ciard_bench.tables``: build the grid, train and evaluate what is missing,
+write the tables and figures. See :mod:`ciard_bench.tables` for the results layout."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError, cli_main
+from ..utils import positive_int
+from . import figures, render, runner, store
+from .frames import all_tables
+from .grid import build_grid, parse_shard, select_kinds, shard_cells
+from .presets import Preset, get_preset, list_presets
+
+log = logging.getLogger("ciard_bench.tables")
+_CSV = lambda text: [s.strip() for s in text.split(",") if s.strip()]  # noqa: E731
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ciard_bench.tables",
+                                description="The paper's Tables 2-7 (and AutoAttack) from real "
+                                "runs: trains what is missing, evaluates, renders.")
+    p.add_argument("--preset", default="smoke", help=f"{' | '.join(list_presets())} (default smoke)")
+    p.add_argument("--results-dir", help="results folder (default results/<preset>; runs go to "
+                   "<results>/runs/)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and an "
+                   "estimate of the compute left; run nothing")
+    p.add_argument("--render-only", action="store_true", help="train nothing: render the tables "
+                   "from what the results folder holds (missing cells are marked)")
+    p.add_argument("--shard", help="i/n: run only every n-th cell starting at i (0 <= i < n)")
+    p.add_argument("--only", type=_CSV, help="cell kinds to run: teacher,student,ablation "
+                   "(with --shard: run --only teacher first)")
+    p.add_argument("--dataset", type=_CSV, help="datasets instead of the preset's (comma list; "
+                   "cifar10, cifar100, digits, tiny_imagenet, npz:PATH)")
+    p.add_argument("--students", type=_CSV, help="resnet18,mobilenet_v2 (default both)")
+    p.add_argument("--methods", type=_CSV, help="table rows to run (default all ten)")
+    p.add_argument("--checkpoint", choices=("best", "last"), help="checkpoint the tables "
+                   "evaluate (default: the preset's, best as the released code)")
+    p.add_argument("--clean-teacher", help="clean teacher spec for every dataset (PATH | "
+                   "ARCH=PATH | rb:NAME) instead of the preset's")
+    p.add_argument("--robust-teacher", help="robust teacher spec, likewise")
+    p.add_argument("--model-dir", default="models", help="RobustBench model_dir for rb: teachers")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--download", action="store_true", help="download missing datasets")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", help="torch CPU threads (default: os.cpu_count())")
+    p.add_argument("--compare-paper", action=argparse.BooleanOptionalAction, default=None,
+                   help="write tableN_vs_paper.* (default: on for the paper preset)")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--verbose", action="store_true", help="also log epochs and attacks")
+    o = p.add_argument_group("reductions (recorded in grid.json and the captions)")
+    o.add_argument("--epochs", help="student epochs instead of the preset's")
+    o.add_argument("--teacher-epochs", help="epochs of the teachers the pipeline trains")
+    o.add_argument("--n-train", help="training points of every run")
+    o.add_argument("--n-test", help="test points of the per-epoch evaluation")
+    o.add_argument("--n-examples", help="test points of the final evaluation")
+    o.add_argument("--sanity-examples", help="points of the eps sweep (robustness curves)")
+    return p
+
+
+def apply_overrides(preset: Preset, args: argparse.Namespace) -> tuple[Preset, dict]:
+    """The preset with the reduction flags applied, and what was changed."""
+    changed = {k: positive_int(getattr(args, k), "--" + k.replace("_", "-"))
+               for k in ("epochs", "teacher_epochs", "n_train", "n_test", "n_examples",
+                         "sanity_examples") if getattr(args, k) is not None}
+    train = {**preset.train, **{k: v for k, v in changed.items()
+                                if k in ("epochs", "n_train", "n_test")}}
+    teach = {k: v for k, v in changed.items() if k in ("n_train", "n_test")}
+    if "teacher_epochs" in changed:
+        teach["epochs"] = changed["teacher_epochs"]
+    teachers = {d: {r: dataclasses.replace(t, train={**t.train, **teach}) if t.spec is None else t
+                    for r, t in plans.items()} for d, plans in preset.teachers.items()}
+    values = {"train": train, "teachers": teachers}
+    for key in ("n_examples", "sanity_examples"):
+        if key in changed:
+            values[key] = changed[key]
+    if args.checkpoint:
+        values["checkpoint"] = args.checkpoint
+    if changed:
+        values["reductions"] = preset.reductions + "; overrides: " + ", ".join(
+            f"{k}={v}" for k, v in changed.items())
+    return preset.with_overrides(**values), changed
+
+
+def _set_threads(text: str | None) -> int:
+    import torch
+
+    n = positive_int(text, "--threads") if text is not None else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def _dry_run(grid, cells, which: str) -> int:
+    est = runner.estimate(grid, cells, which)
+    print(f"preset {grid.preset.name}: {len(grid.cells)} cells, {len(cells)} selected; "
+          f"results in {grid.results}")
+    print(f"{'cell':<44}{'status':<9}{'steps left':>11}{'train s':>10}{'eval s':>9}")
+    for row in est["cells"]:
+        print(f"{row['id']:<44}{row['status']:<9}{row.get('steps_left', 0):>11}"
+              f"{row['train_s']:>10.0f}{row['eval_s']:>9.0f}")
+    basis = " and ".join(est["basis"]) or "nothing left"
+    print(f"compute left: about {est['total_s'] / 60:.1f} min ({basis}; assumed s/step and "
+          f"s/evaluation when nothing measured yet: {est['assumed']})")
+    return 0
+
+
+def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
+    written = []
+    for table in all_tables(grid, which):
+        suffix = "" if which == grid.preset.checkpoint else f"_{which}"
+        text = render.caption(grid, table, which)
+        written += render.write_table(table, text, grid.results, suffix)
+        if compare:
+            frame = render.comparison(table, grid)
+            if len(frame):
+                cmp = dataclasses.replace(table, name=f"{table.name}_vs_paper", highlight=False,
+                                          frame=frame.set_index(["row", "dataset", "attack",
+                                                                 "metric"]))
+                written += render.write_table(cmp, "The paper's printed numbers beside ours "
+                                              "(diff = ours - paper). " + text, grid.results,
+                                              suffix)
+    if with_figures:
+        written += figures.training_curves(grid, grid.results)
+        written += figures.robustness_curves(grid, grid.results, which)
+    return written
+
+
+def _run(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for name in ("ciard_bench.train", "ciard_bench.evaluate", "ciard_bench.attacks"):
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    start = time.perf_counter()
+    preset, changed = apply_overrides(get_preset(args.preset), args)
+    shard = parse_shard(args.shard)
+    results = Path(args.results_dir or Path("results") / preset.name)
+    threads = _set_threads(args.threads)
+    grid = build_grid(preset, results, datasets=args.dataset, students=args.students,
+                      methods=args.methods,
+                      teacher_specs={k: v for k, v in (("clean", args.clean_teacher),
+                                                       ("robust", args.robust_teacher)) if v},
+                      settings={"device": args.device, "data_root": args.data_root,
+                                "download": args.download, "model_dir": args.model_dir,
+                                "overrides": changed})
+    cells = shard_cells(select_kinds(grid.cells, args.only), shard)
+    which = preset.checkpoint
+    if args.dry_run:
+        return _dry_run(grid, cells, which)
+    summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": []}
+    if not args.render_only:
+        log.info("preset %s: %d cells (%d in this run), %d threads, results in %s", preset.name,
+                 len(grid.cells), len(cells), threads, results)
+        summary = runner.run_cells(grid, cells, which)
+    compare = preset.compare_paper if args.compare_paper is None else args.compare_paper
+    written = _render(grid, which, compare, args.figures)
+    wall = time.perf_counter() - start
+    store.write_grid(grid, which, {c.id for c in cells}, extra={"last_command": {
+        "wall_s": wall, "threads": threads, "shard": args.shard, "trained": summary["trained"],
+        "evaluated": summary["evaluated"], "blocked": summary["blocked"]}})
+    counts = store.grid_record(grid, which)["counts"]
+    print(f"{preset.name}: trained {summary['trained']}, evaluated {summary['evaluated']}, "
+          f"blocked {len(summary['blocked'])} cells in {wall:.0f} s ({threads} threads); "
+          f"grid: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "
+          f"wrote {len(written)} files to {results}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; a ``UserError`` prints one line and exits with code 2."""
+    return cli_main(_run, argv)

@@ -1,0 +1,112 @@
+"""Figures (matplotlib, Agg backend, PNG and PDF):
+
+* ``fig3_training_<dataset>``: Fig. 3, the CIARD run's student and both teachers, clean
+  and PGD_TRADES accuracy on the per-epoch evaluation subset (the engine logs the
+  teachers when ``eval_teachers`` is on, which the grid sets for the first student's
+  CIARD cell; the robust teacher changes under ITT);
+* ``fig_robustness_<student>_<dataset>``: accuracy against eps for every method of a
+  table: the evaluation suite's eps sweep (PGD_SAT, 20 steps of max(2/255, 2.5 eps/20),
+  on the first ``sanity_examples`` test points) that each student evaluation runs.
+
+The PDF carries no creation date, so regenerating it gives the same bytes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import store
+from .frames import _datasets, _students
+from .grid import Grid
+from .presets import METHOD_LABELS, STUDENT_LABELS
+from .render import DATASET_NAMES
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=120, metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return paths
+
+
+def training_curves(grid: Grid, out: Path) -> list[Path]:
+    """Fig. 3 for each dataset whose CIARD cell logged its teachers."""
+    plt = _pyplot()
+    written = []
+    for cell in grid.cells:
+        if not (cell.config and cell.config.eval_teachers and cell.kind == "student"):
+            continue
+        log_path = grid.run_dir(cell) / "log.jsonl"
+        if store.train_state(grid, cell) != store.DONE or not log_path.is_file():
+            continue
+        records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+        records = [r for r in records if "clean_acc" in r]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+        for ax, key, title in ((axes[0], "clean_acc", "Clean"),
+                               (axes[1], "pgd_trades_acc", "PGD_TRADES")):
+            for prefix, label, style in (("", f"student ({STUDENT_LABELS[cell.student]})", "-o"),
+                                         ("clean_teacher_", "clean teacher", "--s"),
+                                         ("robust_teacher_", "robust teacher (ITT)", ":^")):
+                pts = [(r["epoch"], r[prefix + key]) for r in records if prefix + key in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=label, markersize=4)
+            ax.set(title=f"{title} accuracy", xlabel="epoch", ylabel="accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"CIARD training, {DATASET_NAMES.get(cell.dataset, cell.dataset)} "
+                     f"({grid.preset.name} preset)", fontsize=10)
+        fig.tight_layout()
+        written += _save(fig, out / f"fig3_training_{_slug(cell.dataset)}")
+        plt.close(fig)
+    return written
+
+
+def robustness_curves(grid: Grid, out: Path, which: str) -> list[Path]:
+    """Accuracy against eps, one line per method, for each student and dataset."""
+    plt = _pyplot()
+    written = []
+    for student in _students(grid):
+        for dataset in _datasets(grid):
+            cells = [c for c in grid.cells if c.kind == "student" and c.student == student
+                     and c.dataset == dataset]
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            drawn = 0
+            for cell in cells:
+                ev = store.read_json(store.eval_path(grid, cell, which)) \
+                    if store.status(grid, cell, which) == store.DONE else None
+                curve = (ev or {}).get("robustness_curve")
+                if not curve:
+                    continue
+                eps = [e * 255 for e in curve["eps"]]
+                ax.plot(eps, curve["accuracy"], "-o", markersize=3,
+                        label=METHOD_LABELS.get(cell.method, cell.method))
+                drawn += 1
+            if not drawn:
+                plt.close(fig)
+                continue
+            ax.set_xscale("symlog", linthresh=2)
+            ax.set(xlabel="eps (x 1/255)", ylabel="accuracy (%)",
+                   title=f"{STUDENT_LABELS[student]}, {DATASET_NAMES.get(dataset, dataset)}: "
+                         f"PGD_SAT against eps ({grid.preset.name})")
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=2)
+            fig.tight_layout()
+            written += _save(fig, out / f"fig_robustness_{student}_{_slug(dataset)}")
+            plt.close(fig)
+    return written
+
+
+def _slug(dataset: str) -> str:
+    from .grid import dataset_slug
+    return dataset_slug(dataset)

@@ -1,0 +1,156 @@
+"""The paper's tables as pandas DataFrames, read from the results store.
+
+Values are accuracies in percent exactly as the evaluation JSONs hold them (rounding
+happens when a table is written); a cell that has not run yet is NaN. Column labels use
+the names of ``paper_results.csv`` (``Clean``, ``FGSM``, ``PGD_SAT``, ``PGD_TRADES``,
+``CW_inf``, ``Transfer_PGD_TRADES``, ``Transfer_CW_inf``, ``SA``, ``AA``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import store
+from .grid import Cell, Grid
+from .presets import ABLATIONS, METHOD_LABELS, STUDENT_LABELS
+
+ATTACK_NAMES = {"fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES",
+                "cw_inf": "CW_inf", "square": "SA", "transfer_pgd_trades": "Transfer_PGD_TRADES",
+                "transfer_cw_inf": "Transfer_CW_inf", "aa": "AA"}
+METRICS = ("Clean", "Robust", "W-R")
+WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")
+BLACK_BOX = ("transfer_pgd_trades", "transfer_cw_inf", "square")
+TEACHER_COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf")
+
+
+@dataclass
+class Table:
+    """One table: its DataFrame and what the caption must say."""
+
+    name: str                        # file stem: table2 ... table7, table_aa
+    title: str
+    frame: pd.DataFrame
+    attacks: tuple[str, ...]
+    datasets: tuple[str, ...]
+    student: str | None = None       # paper student label, None for teachers
+    highlight: bool = True           # best bold, second underlined (per column)
+    cells: list[Cell] = field(default_factory=list)
+
+
+def _eval(grid: Grid, cell: Cell | None, which: str) -> dict[str, Any] | None:
+    if cell is None or store.status(grid, cell, which) != store.DONE:
+        return None
+    return store.read_json(store.eval_path(grid, cell, which))
+
+
+def metric(ev: dict | None, attack: str, what: str) -> float:
+    """``Clean`` / ``Robust`` / ``W-R`` of ``attack`` in an evaluation result (NaN if absent)."""
+    if ev is None or (attack != "clean" and attack not in ev["attacks"]):
+        return math.nan
+    clean = float(ev["clean"]["accuracy"])
+    if what == "Clean" or attack == "clean":
+        return clean
+    robust = float(ev["attacks"][attack]["accuracy"])
+    return robust if what == "Robust" else (clean + robust) / 2
+
+
+def _students(grid: Grid) -> list[str]:
+    return list(dict.fromkeys(c.student for c in grid.cells if c.kind == "student"))
+
+
+def _datasets(grid: Grid) -> list[str]:
+    return list(dict.fromkeys(c.dataset for c in grid.cells))
+
+
+def _cell(grid: Grid, kind: str, dataset: str, student: str | None, row: str) -> Cell | None:
+    for c in grid.cells:
+        if c.kind == kind and c.dataset == dataset and c.student == student and c.row == row:
+            return c
+    return None
+
+
+def teacher_table(grid: Grid, which: str) -> Table:
+    """Table 2: every teacher under Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf (robust acc.)."""
+    rows, index = [], []
+    cells = [c for c in grid.cells if c.kind == "teacher"]
+    for cell in cells:
+        ev = _eval(grid, cell, which)
+        rows.append([metric(ev, a, "Robust") for a in TEACHER_COLUMNS])
+        index.append((cell.dataset, cell.row))
+    frame = pd.DataFrame(rows, columns=["Clean", *(ATTACK_NAMES[a] for a in TEACHER_COLUMNS[1:])],
+                         index=pd.MultiIndex.from_tuples(index, names=["dataset", "teacher"]))
+    return Table("table2", "Teachers", frame, TEACHER_COLUMNS[1:], tuple(_datasets(grid)),
+                 highlight=False, cells=cells)
+
+
+def method_table(grid: Grid, which: str, name: str, title: str, student: str,
+                 attacks: tuple[str, ...]) -> Table:
+    """Tables 3-6 and the AutoAttack table: rows = methods, columns (attack, dataset, metric)."""
+    datasets = _datasets(grid)
+    methods = [m for m in METHOD_LABELS if any(c.method == m and c.kind == "student"
+                                                 for c in grid.cells)]
+    columns = pd.MultiIndex.from_tuples(
+        [(ATTACK_NAMES[a], d, m) for a in attacks for d in datasets for m in METRICS],
+        names=["attack", "dataset", "metric"])
+    rows, cells = [], []
+    for method in methods:
+        row = []
+        for attack in attacks:
+            for dataset in datasets:
+                cell = _cell(grid, "student", dataset, student, METHOD_LABELS[method])
+                cells += [cell] if cell and cell not in cells else []
+                ev = _eval(grid, cell, which)
+                row += [metric(ev, attack, m) for m in METRICS]
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=columns,
+                         index=pd.Index([METHOD_LABELS[m] for m in methods], name="method"))
+    return Table(name, title, frame, attacks, tuple(datasets), student=student, cells=cells)
+
+
+def ablation_table(grid: Grid, which: str) -> Table | None:
+    """Table 7: baseline (ITT and push off), +ITT, +ITT+push on PGD_TRADES, Clean, W-acc."""
+    abl = [c for c in grid.cells if c.kind == "ablation"]
+    if not abl:
+        return None
+    dataset, student = abl[0].dataset, abl[0].student
+    rows, cells = [], []
+    for label in ABLATIONS:
+        kind = "ablation" if ABLATIONS[label] else "student"
+        cell = _cell(grid, kind, dataset, student, label if kind == "ablation" else "CIARD")
+        cells += [cell] if cell else []
+        ev = _eval(grid, cell, which)
+        rows.append([metric(ev, "pgd_trades", "Robust"), metric(ev, "pgd_trades", "Clean"),
+                     metric(ev, "pgd_trades", "W-R")])
+    frame = pd.DataFrame(rows, columns=["PGD_TRADES", "Clean", "W-acc"],
+                         index=pd.Index(list(ABLATIONS), name="ablation"))
+    return Table("table7", "Ablation of CIARD's components", frame, ("pgd_trades",),
+                 (dataset,), student=student, cells=cells)
+
+
+def all_tables(grid: Grid, which: str) -> list[Table]:
+    """Tables 2-7 and the AutoAttack table for whatever students the grid has."""
+    tables = [teacher_table(grid, which)]
+    numbers = {"resnet18": ("table3", "table5"), "mobilenet_v2": ("table4", "table6")}
+    students = _students(grid)
+    for student in students:
+        white, black = numbers[student]
+        label = STUDENT_LABELS[student]
+        tables.append(method_table(grid, which, white, f"White-box robustness, {label} student",
+                                   student, WHITE_BOX))
+    for student in students:
+        label = STUDENT_LABELS[student]
+        tables.append(method_table(grid, which, numbers[student][1],
+                                   f"Black-box robustness, {label} student", student, BLACK_BOX))
+    ablation = ablation_table(grid, which)
+    if ablation is not None:
+        tables.append(ablation)
+    aa = [method_table(grid, which, "table_aa", "", s, ("aa",)) for s in students]
+    if aa:
+        frame = pd.concat({STUDENT_LABELS[s]: t.frame for s, t in zip(students, aa)}, axis=1,
+                          names=["student"]).droplevel("attack", axis=1)
+        tables.append(Table("table_aa", "AutoAttack (added in the rebuttal)", frame, ("aa",),
+                            aa[0].datasets, student=None, cells=[c for t in aa for c in t.cells]))
+    return sorted(tables, key=lambda t: t.name)

@@ -1,0 +1,192 @@
+"""The experiment grid: one :class:`Cell` per run the tables need, and how to shard it.
+
+Cells, in the order they are run (teachers first: the students distil from them):
+
+* ``teacher``  -- ``<dataset>/teachers/<clean|robust>``: Table 2; trained by the pipeline
+  (``standard`` / ``trades``) unless the preset names an existing spec (``rb:NAME``, a file);
+* ``student``  -- ``<dataset>/<student>/<method>``: Tables 3-6 and the AutoAttack table;
+* ``ablation`` -- ``<dataset>/resnet18/ciard-<ablation>``: Table 7 (first dataset only, as
+  the paper; its ``+ITT+push`` row is the Table 3 CIARD cell).
+
+Each cell's run folder is ``<results>/runs/<cell id>``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..config import TrainConfig
+from ..errors import UserError
+from .presets import ABLATION_ATTACKS, ABLATIONS, STUDENT_ATTACKS, TEACHER_ATTACKS, Preset
+
+KINDS = ("teacher", "student", "ablation")
+TEACHER_METHODS = {"clean": "standard", "robust": "trades"}
+
+
+@dataclass
+class Cell:
+    """One run of the grid: how to train it (``config``, None for an external teacher) and
+    which attacks evaluate it."""
+
+    id: str
+    kind: str                        # teacher | student | ablation
+    dataset: str
+    row: str                         # table row: teacher label, method label or ablation
+    student: str | None = None       # paper student label (resnet18, mobilenet_v2)
+    method: str | None = None
+    role: str | None = None          # teacher cells: clean | robust
+    config: TrainConfig | None = None
+    spec: str | None = None          # external teacher spec (not trained)
+    attacks: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()      # ids of the teacher cells this cell distils from
+    source: str | None = None        # id of the cell whose model crafts transfer attacks
+
+    @property
+    def trained(self) -> bool:
+        return self.config is not None
+
+
+@dataclass
+class Grid:
+    preset: Preset
+    results: Path
+    cells: list[Cell] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)   # device, data_root, model_dir, download
+
+    def by_id(self) -> dict[str, Cell]:
+        return {c.id: c for c in self.cells}
+
+    def run_dir(self, cell: Cell) -> Path:
+        return self.results / "runs" / cell.id
+
+
+def dataset_slug(dataset: str) -> str:
+    """A folder-safe name: ``npz:/a/b/mini.npz`` -> ``npz-mini``."""
+    if dataset.startswith("npz:"):
+        dataset = "npz-" + Path(dataset[4:]).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
+
+
+def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict) -> list[Cell]:
+    cells = []
+    for role, plan in grid.preset.teacher_plans(dataset).items():
+        cid = f"{dataset_slug(dataset)}/teachers/{role}"
+        spec = overrides.get(role) or plan.spec
+        cell = Cell(cid, "teacher", dataset, plan.label, role=role, attacks=TEACHER_ATTACKS)
+        if spec:
+            cell.spec, cell.row = spec, f"{plan.label}: {spec}" if overrides.get(role) else plan.label
+        else:
+            cell.method = TEACHER_METHODS[role]
+            cell.config = TrainConfig(**{**common, **plan.train, "method": cell.method,
+                                         "student": plan.arch, "student_kwargs": dict(plan.kwargs),
+                                         "out": str(grid.run_dir(cell))})
+        cells.append(cell)
+    return cells
+
+
+def _teacher_spec(grid: Grid, cell: Cell) -> str:
+    """What a student's config names as its teacher: the spec, or the run folder (absolute,
+    so a resumed or re-checked run compares equal from any working directory)."""
+    return cell.spec if cell.spec else str(grid.run_dir(cell).resolve())
+
+
+def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, method: str,
+                  options: dict, row: str, attacks: Sequence[str], teachers: dict[str, Cell],
+                  common: dict, eval_teachers: bool) -> Cell:
+    from ..methods import get_method
+
+    arch, kwargs = grid.preset.students[student]
+    roles = [r.removesuffix("_teacher") for r in get_method(method).teachers]
+    specs = {f"{r}_teacher": _teacher_spec(grid, teachers[r]) for r in roles}
+    cell = Cell(cid, kind, dataset, row, student=student, method=method, attacks=tuple(attacks),
+                needs=tuple(teachers[r].id for r in roles), source=teachers["robust"].id)
+    cell.config = TrainConfig(**{**common, **grid.preset.train, **specs, "method": method,
+                                 "method_options": dict(options), "student": arch,
+                                 "student_kwargs": dict(kwargs), "eval_teachers": eval_teachers,
+                                 "out": str(grid.run_dir(cell))})
+    return cell
+
+
+def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] | None = None,
+               students: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+               teacher_specs: dict | None = None, settings: dict | None = None) -> Grid:
+    """All cells of ``preset`` (optionally fewer datasets, students, methods).
+
+    ``teacher_specs`` (``{"clean"|"robust": spec}``) replaces the preset's teachers;
+    ``settings`` (``device``, ``data_root``, ``download``, ``model_dir``) reach every cell.
+    A method that is not registered or not in the tables is a one-line error.
+    """
+    from ..methods import list_methods
+
+    settings = {"device": "auto", "data_root": "data", "download": False, "model_dir": "models",
+                **(settings or {})}
+    grid = Grid(preset, Path(results), settings=settings)
+    common = {"seed": preset.seed, "device": settings["device"], "data_root": settings["data_root"],
+              "download": settings["download"], "teacher_model_dir": settings["model_dir"]}
+    students = list(students or preset.students)
+    methods = list(methods or preset.methods)
+    for name in [*students]:
+        if name not in preset.students:
+            raise UserError(f"unknown student {name!r}; accepted: {', '.join(preset.students)}")
+    known = set(list_methods())
+    for name in methods:
+        if name not in known or name not in preset.methods:
+            raise UserError(f"method {name!r} is not in the tables; accepted: "
+                            f"{', '.join(m for m in preset.methods if m in known)}")
+    from .presets import METHOD_LABELS
+    for d_i, dataset in enumerate(datasets or preset.datasets):
+        teachers = {c.role: c for c in _teacher_cells(grid, dataset, teacher_specs or {}, common)}
+        grid.cells += teachers.values()
+        for student in students:
+            for method in methods:
+                cid = f"{dataset_slug(dataset)}/{student}/{method}"
+                grid.cells.append(_student_cell(
+                    grid, cid, "student", dataset, student, method, {}, METHOD_LABELS[method],
+                    STUDENT_ATTACKS, teachers, common,
+                    eval_teachers=method == "ciard" and student == students[0]))
+        if d_i == 0 and "ciard" in methods and "resnet18" in students:
+            for row, options in ABLATIONS.items():
+                if not options:
+                    continue  # +ITT+push is the full CIARD student cell
+                tag = "-".join(f"no_{k}" for k in options)
+                grid.cells.append(_student_cell(
+                    grid, f"{dataset_slug(dataset)}/resnet18/ciard-{tag}", "ablation", dataset,
+                    "resnet18", "ciard", options, row, ABLATION_ATTACKS, teachers, common,
+                    eval_teachers=False))
+    return grid
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0 <= i < n) -> (i, n); a one-line UserError otherwise."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise UserError(f"--shard {text!r} is not valid; accepted: i/n with 0 <= i < n, "
+                        "e.g. 0/4 (shard numbers start at 0)")
+    i, n = int(match.group(1)), int(match.group(2))
+    if n < 1 or i >= n:
+        raise UserError(f"--shard {text!r} is not valid; accepted: i/n with 0 <= i < n, "
+                        "e.g. 0/4 (shard numbers start at 0)")
+    return i, n
+
+
+def shard_cells(cells: Sequence[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The cells of shard ``(i, n)``: every n-th cell of the grid order starting at i, so
+    the shards are disjoint, cover the grid, and each gets a mix of cheap and costly cells."""
+    if shard is None:
+        return list(cells)
+    i, n = shard
+    return [c for k, c in enumerate(cells) if k % n == i]
+
+
+def select_kinds(cells: Sequence[Cell], kinds: Sequence[str] | None) -> list[Cell]:
+    """Only the cells of the given kinds (``--only teacher,student``)."""
+    if not kinds:
+        return list(cells)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise UserError(f"unknown cell kind {bad[0]!r}; accepted: {', '.join(KINDS)}")
+    return [c for c in cells if c.kind in kinds]

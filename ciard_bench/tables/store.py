@@ -1,0 +1,207 @@
+"""The results store: each cell's run folder, its status, and running a cell (train, evaluate).
+
+A cell's folder ``<results>/runs/<cell id>/`` is a training run folder of the engine
+(config.json, run.json, checkpoints/, log.jsonl, result.json) plus
+
+    eval-<best|last>.json   the evaluation suite's result for that checkpoint, with the
+                            ``tables_key`` it was made for (attacks, points, settings,
+                            checkpoint sha256); a different key means "evaluate again"
+    aa-state-<which>.json   AutoAttack's resume file
+    cell.json               wall-clock seconds spent training / evaluating it here
+
+External teachers (``rb:NAME``, files) have only ``eval-best.json`` and ``cell.json``.
+Status: ``done`` (trained and evaluated), ``trained`` (evaluation missing or stale),
+``partial`` (interrupted: resumed on the next run), ``missing``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import atomic_write_json
+from ..config import RESUME_FREE_KEYS, resolve
+from ..errors import UserError
+from ..runs import RunDir
+from .grid import Cell, Grid
+
+log = logging.getLogger("ciard_bench.tables")
+DONE, TRAINED, PARTIAL, MISSING, BLOCKED = "done", "trained", "partial", "missing", "blocked"
+
+
+def eval_path(grid: Grid, cell: Cell, which: str) -> Path:
+    """Teachers are always evaluated at the checkpoint the students distil from (best)."""
+    return grid.run_dir(cell) / f"eval-{'best' if cell.kind == 'teacher' else which}.json"
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{str(path)!r} is not valid JSON; delete it to redo that step") from err
+
+
+def train_state(grid: Grid, cell: Cell) -> str:
+    """``done`` | ``partial`` | ``missing`` for the training part of a cell."""
+    if not cell.trained:
+        return DONE
+    rundir = RunDir(grid.run_dir(cell))
+    if (rundir.root / "result.json").is_file():
+        _check_same_config(grid, cell)
+        return DONE
+    return PARTIAL if rundir.exists() else MISSING
+
+
+def _check_same_config(grid: Grid, cell: Cell) -> None:
+    saved = (read_json(grid.run_dir(cell) / "result.json") or {}).get("config", {})
+    now = resolve(cell.config).to_dict()
+    for key in sorted(set(saved) | set(now)):
+        if key not in RESUME_FREE_KEYS and saved.get(key) != now.get(key):
+            raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
+                            f"{key}={saved.get(key)!r}, the grid now asks for {now.get(key)!r}; "
+                            "delete that folder or choose another --results-dir")
+
+
+def eval_key(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
+    """Everything an evaluation result depends on; a stored result with another key is stale."""
+    p = grid.preset
+    return {"attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": p.seed,
+            "eps": cell.config.eps if cell.config else 8 / 255, "which": which,
+            "overrides": {a: p.attack_overrides[a] for a in cell.attacks if a in p.attack_overrides},
+            "sanity_examples": p.sanity_examples if cell.kind != "ablation" else None,
+            "checkpoint": _checkpoint_id(grid, cell, which), "spec": cell.spec,
+            "source": _checkpoint_id(grid, grid.by_id()[cell.source], "best")
+            if cell.source and any(a.startswith("transfer_") for a in cell.attacks) else None}
+
+
+def _checkpoint_id(grid: Grid, cell: Cell, which: str) -> str | None:
+    if not cell.trained:
+        return cell.spec
+    entry = RunDir(grid.run_dir(cell)).read_state().get("best" if cell.kind == "teacher" else which)
+    return entry["sha256"] if entry else None
+
+
+def status(grid: Grid, cell: Cell, which: str) -> str:
+    state = train_state(grid, cell)
+    if state != DONE:
+        return state
+    stored = read_json(eval_path(grid, cell, which))
+    if stored is not None and stored.get("tables_key") == eval_key(grid, cell, which):
+        return DONE
+    return TRAINED
+
+
+def cell_timing(grid: Grid, cell: Cell) -> dict[str, Any]:
+    return read_json(grid.run_dir(cell) / "cell.json") or {}
+
+
+def _record_timing(grid: Grid, cell: Cell, **values: float) -> None:
+    info = {**cell_timing(grid, cell), "id": cell.id, **values}
+    atomic_write_json(grid.run_dir(cell) / "cell.json", info)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, root: str, download: bool) -> Any:
+    from ..data import load_dataset
+    return load_dataset(name, root=root, download=download)
+
+
+def _model(grid: Grid, cell: Cell, which: str, num_classes: int, device: Any) -> Any:
+    from ..models import load_model_file
+    from ..teachers import load_teacher
+
+    if not cell.trained:
+        return load_teacher(cell.spec, cell.dataset, num_classes, grid.settings["model_dir"],
+                            device=device)
+    model, _ = load_model_file(grid.run_dir(cell), which="best" if cell.kind == "teacher"
+                               else which, device=device)
+    return model
+
+
+def train_cell(grid: Grid, cell: Cell) -> float:
+    """Train a cell (resuming an interrupted run); returns the seconds it took here."""
+    from ..train import train
+
+    resume = train_state(grid, cell) == PARTIAL
+    before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
+    start = time.perf_counter()
+    train(dataclasses.replace(cell.config), resume=resume)
+    seconds = time.perf_counter() - start
+    steps = sum(r.get("steps", 0) for r in _log(grid, cell))
+    _record_timing(grid, cell, train_s=before + seconds, steps=steps)
+    return seconds
+
+
+def _log(grid: Grid, cell: Cell) -> list[dict]:
+    path = grid.run_dir(cell) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.is_file() else []
+
+
+def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
+    """Run the cell's attacks with the evaluation suite; writes ``eval-<which>.json``."""
+    from ..data import to_float_nchw
+    from ..evaluate import evaluate
+    from ..utils import provenance, resolve_device
+
+    s, p = grid.settings, grid.preset
+    device = resolve_device(s["device"])
+    data = _dataset(cell.dataset, s["data_root"], s["download"])
+    n = min(p.n_examples or len(data.y_test), len(data.y_test))
+    # contiguous: a permuted batch makes some small convolutions' backward unsafe (torch 2.14)
+    x, y = to_float_nchw(data.x_test[:n]).contiguous(), data.y_test[:n]
+    model = _model(grid, cell, which, data.num_classes, device)
+    source = None
+    if any(a.startswith("transfer_") for a in cell.attacks):
+        source = _model(grid, grid.by_id()[cell.source], "best", data.num_classes, device)
+    key = eval_key(grid, cell, which)
+    start = time.perf_counter()
+    result = evaluate(model, x, y, list(cell.attacks), key["eps"], batch_size=p.eval_batch_size,
+                      seed=p.seed, n_classes=data.num_classes, device=device, source=source,
+                      expensive_checks=cell.kind != "ablation",
+                      sanity_examples=p.sanity_examples,
+                      aa_state=grid.run_dir(cell) / f"aa-state-{which}.json",
+                      overrides=key["overrides"])
+    seconds = time.perf_counter() - start
+    result.update({"cell": cell.id, "dataset": cell.dataset, "row": cell.row,
+                   "checkpoint": which if cell.kind != "teacher" else "best",
+                   "source_cell": cell.source if source is not None else None,
+                   "tables_key": key, "provenance": provenance(device, p.seed)})
+    atomic_write_json(eval_path(grid, cell, which), result)
+    _record_timing(grid, cell, eval_s=seconds)
+    return seconds
+
+
+def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dict[str, Any]:
+    """The machine-readable ``grid.json``: every cell with its status and timings."""
+    cells = []
+    for cell in grid.cells:
+        timing = cell_timing(grid, cell)
+        cells.append({"id": cell.id, "kind": cell.kind, "dataset": cell.dataset,
+                      "student": cell.student, "method": cell.method, "row": cell.row,
+                      "options": dict(cell.config.method_options) if cell.config else None,
+                      "spec": cell.spec, "run": f"runs/{cell.id}",
+                      "status": status(grid, cell, which),
+                      "in_this_run": selected is None or cell.id in selected,
+                      **{k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing}})
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    return {"format": "ciard-bench/tables-grid/1", "preset": grid.preset.name,
+            "checkpoint": which, "settings": {k: v for k, v in grid.settings.items()
+                                             if k not in ("device", "data_root", "model_dir")},
+            "counts": counts, "cells": cells}
+
+
+def write_grid(grid: Grid, which: str, selected: set[str] | None = None,
+               extra: dict | None = None) -> None:
+    """Rewrite ``<results>/grid.json`` from what is on disk (atomic; shards may race, the
+    last writer wins with the state it read)."""
+    atomic_write_json(grid.results / "grid.json", {**grid_record(grid, which, selected),
+                                                   **(extra or {})})

@@ -1,0 +1,235 @@
+"""python -m ciard_bench.tables: rendering from a fixture results store (missing cells,
+bold/underline, captions, CSV round trip, LaTeX), skip/resume of finished and interrupted
+cells, sharding, and a reduced smoke grid end to end.
+
+The end-to-end test runs the real command on the ``smoke`` preset with every reduction flag
+at its minimum (``--epochs 1 --teacher-epochs 1 --n-train 64 --n-test 16 --n-examples 16
+--sanity-examples 8``) and two table rows per student (``--methods sat,ciard``): every
+table it renders is full, and a second run trains nothing and rewrites identical tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from ciard_bench.config import resolve
+from ciard_bench.checkpoint import atomic_write_json
+from ciard_bench.tables import build_grid, get_preset, main, parse_shard, shard_cells
+from ciard_bench.tables import render, store
+from ciard_bench.tables.cli import apply_overrides, _parser
+from ciard_bench.tables.frames import all_tables
+from ciard_bench.errors import UserError
+
+REDUCED = ["--epochs", "1", "--teacher-epochs", "1", "--n-train", "64", "--n-test", "16",
+           "--n-examples", "16", "--sanity-examples", "8", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: OpenMP hand-offs cost more than the maths on a shared 2-core machine
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
+def reduced_preset(argv=()):
+    args = _parser().parse_args([*REDUCED, *argv])
+    return apply_overrides(get_preset("smoke"), args)[0]
+
+
+def fake_done(grid, cell, clean: float, robust: dict[str, float], which="best"):
+    """Make ``cell`` look trained and evaluated with the given accuracies (no training)."""
+    root = grid.run_dir(cell)
+    if cell.trained:
+        atomic_write_json(root / "result.json", {"config": resolve(cell.config).to_dict()})
+        atomic_write_json(root / "run.json", {"best": {"file": "b.pt", "sha256": f"{cell.id}-b"},
+                                              "last": {"file": "l.pt", "sha256": f"{cell.id}-l"}})
+    attacks = {a: {"accuracy": robust.get(a, 0.0), "wr": (clean + robust.get(a, 0.0)) / 2}
+               for a in cell.attacks}
+    atomic_write_json(store.eval_path(grid, cell, which), {
+        "clean": {"accuracy": clean}, "attacks": attacks,
+        "robustness_curve": {"eps": [0.0, 8 / 255], "accuracy": [clean, robust.get("pgd_sat", 0)]},
+        "tables_key": store.eval_key(grid, cell, which)})
+
+
+@pytest.fixture
+def fixture_store(tmp_path):
+    grid = build_grid(reduced_preset(), tmp_path / "res")
+    values = {"SAT": 50.0, "TRADES": 60.0, "ARD": 70.0, "CIARD": 80.0}
+    for cell in grid.cells:
+        if cell.kind == "teacher":
+            fake_done(grid, cell, 90.0, {"fgsm": 10.0, "pgd_sat": 5.0})
+        elif cell.kind == "student" and cell.row in values and cell.student == "resnet18":
+            v = values[cell.row]
+            fake_done(grid, cell, v + 10, {a: v - 40 + i for i, a in enumerate(cell.attacks)})
+        elif cell.kind == "ablation" and cell.row == "baseline":
+            fake_done(grid, cell, 70.0, {"pgd_trades": 30.0})
+    return grid
+
+
+def test_render_from_fixture_store(fixture_store, tmp_path):
+    grid = fixture_store
+    tables = {t.name: t for t in all_tables(grid, "best")}
+    assert sorted(tables) == ["table2", "table3", "table4", "table5", "table6", "table7",
+                              "table_aa"]
+    t3 = tables["table3"].frame
+    assert t3.loc["CIARD", ("FGSM", "digits", "Clean")] == 90.0
+    assert t3.loc["CIARD", ("PGD_SAT", "digits", "Robust")] == 41.0      # 80 - 40 + 1
+    assert t3.loc["SAT", ("PGD_SAT", "digits", "W-R")] == (60.0 + 11.0) / 2
+    assert math.isnan(t3.loc["RSLAD", ("FGSM", "digits", "Clean")])       # not run: missing
+    assert tables["table4"].frame.isna().all().all()                      # no MobileNet run
+    t7 = tables["table7"].frame
+    assert t7.loc["baseline"].tolist() == [30.0, 70.0, 50.0]
+    assert t7.loc["+ITT+push", "PGD_TRADES"] == 42.0                      # the CIARD cell
+    assert t7.loc["+ITT"].isna().all()
+    t2 = tables["table2"].frame
+    assert t2.loc[("digits", "ResNet-8 (clean)"), "Clean"] == 90.0
+    assert t2.loc[("digits", "ResNet-8 (clean)"), "FGSM"] == 10.0
+
+    table = tables["table3"]
+    text = render.caption(grid, table, "best")
+    for needle in ("digits", "ResNet-18", "resnet18_tiny", "eps = 8/255", "first 16 test points",
+                   "smoke preset", "best-epoch", "20 steps of 2/255", "20 steps of 0.003",
+                   "kappa 50", "not run yet"):
+        assert needle in text, needle
+    out = tmp_path / "out"
+    csv, tex, md = render.write_table(table, text, out)
+    back = render.read_table_csv(csv, table)
+    pd.testing.assert_frame_equal(back, table.frame, check_names=True)
+    latex = tex.read_text()
+    assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
+    assert "\\caption{" in latex and "resnet18\\_tiny" in latex
+    # FGSM Clean column: CIARD 90 best, ARD 80 second; missing rows print "--"
+    ciard = next(line for line in latex.splitlines() if line.startswith("CIARD"))
+    ard = next(line for line in latex.splitlines() if line.startswith("ARD"))
+    rslad = next(line for line in latex.splitlines() if line.startswith("RSLAD"))
+    assert ciard.split("&")[1].strip() == "\\textbf{90.00}"
+    assert ard.split("&")[1].strip() == "\\underline{80.00}"
+    assert rslad.split("&")[1].strip() == "--"
+    markdown = md.read_text()
+    assert "| CIARD | **90.00** |" in markdown and "<u>80.00</u>" in markdown
+    assert "| RSLAD | -- |" in markdown
+
+
+def test_ties_share_bold_and_second_is_next_value():
+    ranks = render._ranks(pd.Series([3.0, 5.0, 5.0, 4.0, math.nan]))
+    assert ranks == ["", "best", "best", "second", ""]
+
+
+def test_paper_comparison_uses_printed_numbers(fixture_store):
+    grid = fixture_store
+    paper = render.paper_results()
+    assert set(paper["table"]) >= {2, 3, 4, 5, 6, 7}
+    # map the fixture's digits cells onto CIFAR-10 in a copy of the CIARD row of Table 3
+    table = next(t for t in all_tables(grid, "best") if t.name == "table3")
+    frame = table.frame.rename(columns={"digits": "cifar10"}, level="dataset")
+    table.frame, table.datasets = frame, ("cifar10",)
+    cmp = render.comparison(table, grid)
+    row = cmp[(cmp["row"] == "CIARD") & (cmp["attack"] == "FGSM") & (cmp["metric"] == "Clean")]
+    assert row["paper"].item() == 88.87 and row["ours"].item() == 90.0
+    assert row["diff"].item() == pytest.approx(90.0 - 88.87)
+
+
+def test_shards_cover_the_grid_exactly_once(tmp_path):
+    grid = build_grid(reduced_preset(), tmp_path)
+    ids = [c.id for c in grid.cells]
+    assert len(ids) == len(set(ids)) == 24
+    for n in (1, 2, 3, 5, 24, 30):
+        parts = [[c.id for c in shard_cells(grid.cells, (i, n))] for i in range(n)]
+        flat = [cid for part in parts for cid in part]
+        assert sorted(flat) == sorted(ids) and len(flat) == len(ids)
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(UserError):
+            parse_shard(bad)
+
+
+def test_bad_shard_and_unknown_preset_are_one_line_errors(tmp_path, capsys):
+    assert main(["--shard", "4/2", "--results-dir", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --shard '4/2'") and "\n" not in err
+    assert main(["--preset", "huge", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown preset 'huge'" in err and "smoke" in err and "\n" not in err
+
+
+def test_dry_run_lists_the_grid_and_an_estimate(tmp_path, capsys):
+    assert main(["--results-dir", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "digits/teachers/robust" in out and "digits/resnet18/ciard-no_push" in out
+    assert "compute left: about" in out and "assumed" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def _run_tiny(tmp_path, extra=()):
+    return main(["--results-dir", str(tmp_path), *REDUCED, "--students", "resnet18",
+                 "--methods", "sat", "--no-figures", *extra])
+
+
+def test_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
+    from ciard_bench import train as engine
+    from ciard_bench.runs import RunDir
+
+    class Killed(Exception):
+        pass
+
+    # interrupt the robust teacher after its first checkpoint (a 2-epoch run)
+    real_save = RunDir.save
+
+    def save_then_die(self, *a, **kw):
+        real_save(self, *a, **kw)
+        if "robust" in str(self.root):
+            raise Killed()
+
+    monkeypatch.setattr(RunDir, "save", save_then_die)
+    with pytest.raises(Killed):
+        _run_tiny(tmp_path, ["--teacher-epochs", "2"])
+    grid = build_grid(reduced_preset(["--teacher-epochs", "2", "--students", "resnet18",
+                                      "--methods", "sat"]), tmp_path,
+                      students=["resnet18"], methods=["sat"])
+    cells = grid.by_id()
+    assert store.status(grid, cells["digits/teachers/clean"], "best") == store.DONE
+    assert store.status(grid, cells["digits/teachers/robust"], "best") == store.PARTIAL
+    monkeypatch.setattr(RunDir, "save", real_save)
+
+    calls = []
+    real_train = engine.train
+    monkeypatch.setattr(engine, "train", lambda cfg, resume=False: calls.append(
+        (cfg.out, resume)) or real_train(cfg, resume=resume))
+    assert _run_tiny(tmp_path, ["--teacher-epochs", "2"]) == 0
+    assert [(out.split("runs/")[1], resume) for out, resume in calls] == [
+        ("digits/teachers/robust", True), ("digits/resnet18/sat", False)]
+    log = (grid.run_dir(cells["digits/teachers/robust"]) / "log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in log] == [1, 2]
+    assert all(store.status(grid, c, "best") == store.DONE for c in grid.cells)
+
+    calls.clear()
+    tables = {p.name: p.read_bytes() for p in tmp_path.glob("table*")}
+    assert _run_tiny(tmp_path, ["--teacher-epochs", "2"]) == 0
+    assert calls == []                                         # nothing trained again
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("table*")} == tables
+    # a finished cell trained with other settings is an error, not silently mixed in
+    assert _run_tiny(tmp_path, ["--teacher-epochs", "3"]) == 2
+
+
+def test_reduced_smoke_grid_end_to_end(tmp_path):
+    argv = ["--results-dir", str(tmp_path), *REDUCED, "--methods", "sat,ciard"]
+    assert main(argv) == 0
+    grid_json = json.loads((tmp_path / "grid.json").read_text())
+    assert grid_json["counts"] == {"done": len(grid_json["cells"])}
+    for name in ("table2", "table3", "table4", "table5", "table6", "table7", "table_aa"):
+        for ext in ("csv", "tex", "md"):
+            assert (tmp_path / f"{name}.{ext}").is_file(), f"{name}.{ext}"
+        frame = pd.read_csv(tmp_path / f"{name}.csv", header=None)
+        assert not frame.iloc[:, 1:].isna().to_numpy()[-1].any(), name
+    for fig in ("fig3_training_digits", "fig_robustness_resnet18_digits",
+                "fig_robustness_mobilenet_v2_digits"):
+        assert (tmp_path / f"{fig}.png").is_file() and (tmp_path / f"{fig}.pdf").is_file()
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("table*")}
+    assert main(argv) == 0
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("table*")}
+    assert after == before
