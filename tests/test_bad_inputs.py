@@ -99,11 +99,20 @@ CASES = [
     ("teachers", ["train", "--kind", "fancy", "--arch", "resnet8"], "unknown teacher kind 'fancy'"),
     ("teachers", ["check", "--spec", "rb:NoSuchModel2020", "--dataset", "cifar10"], "NoSuchModel2020"),
     ("models.cli", ["--num-classes", "0"], "--num-classes"),
+    ("tables", ["--preset", "huge", "--results-dir", "{out}"], "unknown preset 'huge'"),
+    ("tables", ["--shard", "3/2", "--results-dir", "{out}"], "--shard '3/2' is not valid"),
+    ("tables", ["--shard", "1of2", "--results-dir", "{out}"], "--shard '1of2' is not valid"),
+    ("submit", ["--checkpoint", "{ckpt}", "--name", "my_model", "--dataset", "cifar10", "--data", "digits",
+                "--out", "{out}"], "'my_model' is not a RobustBench model id"),
+    ("submit", ["--checkpoint", "{ckpt}", "--name", "Good2024Name", "--dataset", "svhn", "--data", "digits",
+                "--out", "{out}"], "'svhn' has no leaderboard"),
+    ("submit", ["--checkpoint", "{ckpt}", "--name", "Good2024Name", "--dataset", "cifar10", "--data", "digits",
+                "--eps", "8", "--out", "{out}"], "8/255"),
 ]
 
 
 def _fill(argv, files, tmp_path):
-    names = {**files, "missing_dir": str(tmp_path / "nowhere")}
+    names = {**files, "missing_dir": str(tmp_path / "nowhere"), "out": str(tmp_path / "out")}
     return [a.format(**names) if "{" in a else a for a in argv]
 
 
