@@ -29,8 +29,8 @@ REDUCED = ["--epochs", "1", "--teacher-epochs", "1", "--n-train", "64", "--n-tes
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: OpenMP hand-offs cost more than the maths on a shared 2-core machine
+def _restore_threads():
+    # the command sets torch's threads (--threads 1 here: tiny models, shared 2-core CPU)
     old = torch.get_num_threads()
     yield
     torch.set_num_threads(old)
@@ -87,8 +87,8 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
     assert t7.loc["+ITT+push", "PGD_TRADES"] == 42.0                      # the CIARD cell
     assert t7.loc["+ITT"].isna().all()
     t2 = tables["table2"].frame
-    assert t2.loc[("digits", "ResNet-8 (clean)"), "Clean"] == 90.0
-    assert t2.loc[("digits", "ResNet-8 (clean)"), "FGSM"] == 10.0
+    assert t2.loc[("digits", "ResNet-18-tiny (clean)"), "Clean"] == 90.0
+    assert t2.loc[("digits", "ResNet-18-tiny (clean)"), "FGSM"] == 10.0
 
     table = tables["table3"]
     text = render.caption(grid, table, "best")
@@ -220,12 +220,21 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
     argv = ["--results-dir", str(tmp_path), *REDUCED, "--methods", "sat,ciard"]
     assert main(argv) == 0
     grid_json = json.loads((tmp_path / "grid.json").read_text())
-    assert grid_json["counts"] == {"done": len(grid_json["cells"])}
-    for name in ("table2", "table3", "table4", "table5", "table6", "table7", "table_aa"):
-        for ext in ("csv", "tex", "md"):
-            assert (tmp_path / f"{name}.{ext}").is_file(), f"{name}.{ext}"
-        frame = pd.read_csv(tmp_path / f"{name}.csv", header=None)
-        assert not frame.iloc[:, 1:].isna().to_numpy()[-1].any(), name
+    assert grid_json["counts"] == {"done": len(grid_json["cells"])} and len(grid_json["cells"]) == 8
+    grid = build_grid(reduced_preset(), tmp_path, methods=["sat", "ciard"])
+    tables = all_tables(grid, "best")
+    assert [t.name for t in tables] == ["table2", "table3", "table4", "table5", "table6",
+                                        "table7", "table_aa"]
+    for table in tables:
+        assert table.frame.notna().all().all(), table.name               # every cell filled
+        back = render.read_table_csv(tmp_path / f"{table.name}.csv", table)
+        pd.testing.assert_frame_equal(back, table.frame)
+        assert "Every value is from a finished run." in (tmp_path / f"{table.name}.md").read_text()
+        assert (tmp_path / f"{table.name}.tex").read_text().startswith("\\begin{table}")
+    ev = json.loads((tmp_path / "runs/digits/resnet18/ciard/eval-best.json").read_text())
+    assert set(ev["attacks"]) == {"fgsm", "pgd_sat", "pgd_trades", "cw_inf", "square", "aa",
+                                  "transfer_pgd_trades", "transfer_cw_inf"}
+    assert ev["n_examples"] == 16 and ev["attacks"]["pgd_sat"]["settings"]["steps"] == 20
     for fig in ("fig3_training_digits", "fig_robustness_resnet18_digits",
                 "fig_robustness_mobilenet_v2_digits"):
         assert (tmp_path / f"{fig}.png").is_file() and (tmp_path / f"{fig}.pdf").is_file()

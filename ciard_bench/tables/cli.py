@@ -151,7 +151,7 @@ def _run(argv: list[str] | None) -> int:
     which = preset.checkpoint
     if args.dry_run:
         return _dry_run(grid, cells, which)
-    summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": []}
+    summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": [], "by_kind": {}}
     if not args.render_only:
         log.info("preset %s: %d cells (%d in this run), %d threads, results in %s", preset.name,
                  len(grid.cells), len(cells), threads, results)
@@ -161,8 +161,12 @@ def _run(argv: list[str] | None) -> int:
     wall = time.perf_counter() - start
     store.write_grid(grid, which, {c.id for c in cells}, extra={"last_command": {
         "wall_s": wall, "threads": threads, "shard": args.shard, "trained": summary["trained"],
-        "evaluated": summary["evaluated"], "blocked": summary["blocked"]}})
+        "evaluated": summary["evaluated"], "blocked": summary["blocked"],
+        "by_kind": summary["by_kind"]}})
     counts = store.grid_record(grid, which)["counts"]
+    for kind, t in summary["by_kind"].items():
+        print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "
+              f"evaluate {t['eval_s']:7.1f} s")
     print(f"{preset.name}: trained {summary['trained']}, evaluated {summary['evaluated']}, "
           f"blocked {len(summary['blocked'])} cells in {wall:.0f} s ({threads} threads); "
           f"grid: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "

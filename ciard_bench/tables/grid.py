@@ -19,7 +19,8 @@ from typing import Sequence
 
 from ..config import TrainConfig
 from ..errors import UserError
-from .presets import ABLATION_ATTACKS, ABLATIONS, STUDENT_ATTACKS, TEACHER_ATTACKS, Preset
+from .presets import (ABLATION_ATTACKS, ABLATIONS, METHOD_LABELS, STUDENT_ATTACKS,
+                      TEACHER_ATTACKS, Preset)
 
 KINDS = ("teacher", "student", "ablation")
 TEACHER_METHODS = {"clean": "standard", "robust": "trades"}
@@ -127,7 +128,7 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
               "download": settings["download"], "teacher_model_dir": settings["model_dir"]}
     students = list(students or preset.students)
     methods = list(methods or preset.methods)
-    for name in [*students]:
+    for name in students:
         if name not in preset.students:
             raise UserError(f"unknown student {name!r}; accepted: {', '.join(preset.students)}")
     known = set(list_methods())
@@ -135,7 +136,6 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
         if name not in known or name not in preset.methods:
             raise UserError(f"method {name!r} is not in the tables; accepted: "
                             f"{', '.join(m for m in preset.methods if m in known)}")
-    from .presets import METHOD_LABELS
     for d_i, dataset in enumerate(datasets or preset.datasets):
         teachers = {c.role: c for c in _teacher_cells(grid, dataset, teacher_specs or {}, common)}
         grid.cells += teachers.values()

@@ -56,7 +56,20 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str) -> dict[str, Any]:
         store.write_grid(grid, which, selected)
         log.info("%s: %s", tag, ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in times.items()))
     summary["wall_s"] = time.perf_counter() - start
+    summary["by_kind"] = _by_kind(grid, cells, summary["cells"])
     return summary
+
+
+def _by_kind(grid: Grid, cells: Sequence[Cell], ran: dict) -> dict[str, dict[str, float]]:
+    """Seconds spent in this run per cell kind: training and evaluation."""
+    totals: dict[str, dict[str, float]] = {}
+    for cell in cells:
+        if cell.id in ran:
+            entry = totals.setdefault(cell.kind, {"cells": 0, "train_s": 0.0, "eval_s": 0.0})
+            entry["cells"] += 1
+            for key, value in ran[cell.id].items():
+                entry[key] += value
+    return totals
 
 
 def _steps_done(grid: Grid, cell: Cell) -> int:
