@@ -137,6 +137,7 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
             raise UserError(f"method {name!r} is not in the tables; accepted: "
                             f"{', '.join(m for m in preset.methods if m in known)}")
     for d_i, dataset in enumerate(datasets or preset.datasets):
+        common = {**common, "dataset": dataset}
         teachers = {c.role: c for c in _teacher_cells(grid, dataset, teacher_specs or {}, common)}
         grid.cells += teachers.values()
         for student in students:

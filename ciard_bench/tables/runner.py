@@ -83,10 +83,16 @@ def _steps_done(grid: Grid, cell: Cell) -> int:
 
 def _steps_per_epoch(cell: Cell) -> int | None:
     from ..config import resolve
+    from ..errors import UserError
 
     cfg = resolve(cell.config)
     n = cfg.n_train or TRAIN_SIZES.get(cfg.dataset)
-    return math.ceil(n / cfg.batch_size) if n else None
+    if n is None:  # npz:PATH and the like: read the file (cached for the whole grid)
+        try:
+            n = len(store._dataset(cfg.dataset, cfg.data_root, False).y_train)
+        except UserError:
+            return None
+    return math.ceil(n / cfg.batch_size)
 
 
 def _measured(grid: Grid, kind: str, key: str) -> float | None:
