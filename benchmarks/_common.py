@@ -11,9 +11,11 @@ import resource
 import statistics
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 
 def load_average() -> list[float]:
@@ -42,13 +44,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    """``fn()`` and its wall time in seconds, synchronising the device around it."""
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float]:
+    """``fn()``, its wall time and this process's CPU time in seconds (device synchronised).
+
+    With one thread on a shared CPU the CPU time is the robust measure: preemption by other
+    processes stretches the wall time but not the CPU time (with more threads it also holds
+    OpenMP spin-waiting).
+    """
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
     sync(device)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
@@ -64,7 +71,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
     timed(lambda: torch.mm(a, b), device)                       # first call: allocation, tuning
     rates, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(rates) < 3:
-        _, dt = timed(lambda: torch.mm(a, b), device)
+        _, dt, _ = timed(lambda: torch.mm(a, b), device)
         rates.append(2 * n ** 3 / dt)
     return {"gflops": statistics.median(rates) / 1e9, "best_gflops": max(rates) / 1e9,
             "n": n, "calls": len(rates), "dtype": str(dtype).replace("torch.", ""),
@@ -132,6 +139,40 @@ class MemoryMeter:
         kind = "cuda_max_memory_allocated" if self.device.type == "cuda" else "rss_sampled"
         return {"kind": kind, "before_mb": self.before / 2**20, "peak_mb": self.peak / 2**20,
                 "step_increase_mb": (self.peak - self.before) / 2**20}
+
+
+class PassCounter:
+    """Forward/backward passes per model, counted in images, with hooks on the top modules.
+
+    A forward that builds a graph gets a hook on its output, called when a backward reaches
+    it; the backward is *full* when it will also accumulate the model's weight gradients
+    (``torch._C._will_engine_execute_node`` on a parameter's AccumulateGrad node), else it is
+    input-only (PGD's ``autograd.grad`` w.r.t. the input).
+    """
+
+    def __init__(self, models: dict[str, nn.Module]):
+        self.counts = {role: Counter() for role in models}
+        self.handles = [m.register_forward_hook(self._hook(role)) for role, m in models.items()]
+
+    def _hook(self, role: str):
+        def forward_hook(module, inputs, out):
+            c, n = self.counts[role], out.shape[0]
+            c["forward"] += n
+            if not (torch.is_grad_enabled() and out.requires_grad):
+                return
+            c["graph"] += n
+            p = next((p for p in module.parameters() if p.requires_grad), None)
+            acc = p.view_as(p).grad_fn.next_functions[0][0] if p is not None else None
+
+            def backward_hook(grad):
+                full = acc is not None and torch._C._will_engine_execute_node(acc)
+                c["backward_full" if full else "backward_input"] += grad.shape[0]
+            out.register_hook(backward_hook)
+        return forward_hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def median(values: list[float]) -> float:

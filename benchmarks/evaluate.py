@@ -25,10 +25,10 @@ import torch
 
 if __package__:
     from . import _common as C
-    from .step import PassCounter
+    from ._common import PassCounter
 else:
     import _common as C
-    from step import PassCounter
+    from _common import PassCounter
 
 MINI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10_mini.npz"
 
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", default="fgsm,pgd_sat,pgd_trades,cw_inf,square,aa")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default on CPU: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-direct", action="store_true", help="skip the torchattacks comparison")
     p.add_argument("--out", default=None, metavar="JSON")
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger("ciard_bench").setLevel(logging.WARNING)
     device = resolve_device(args.device)
+    if args.threads is None and device.type == "cpu":
+        args.threads = 1     # as benchmarks/step.py: reproducible on a shared CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     x, y, source = _data(args)

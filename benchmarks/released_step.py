@@ -50,9 +50,14 @@ class ReleasedCIARDStep:
             raise ValueError("the released step attacks the student only (inner = released)")
         self.method = method
         self.student, self.clean, self.robust = method.student, method.clean_teacher, method.robust_teacher
-        self.tau_a, self.tau_n = float(method.tau_a), float(method.tau_n)
-        self.temp_rate, self.weight_rate = float(method.temp_rate), float(method.weight_rate)
-        self.w_adv, self.w_nat = float(method.w_adv), float(method.w_nat)
+        self.reset()
+
+    def reset(self) -> None:
+        """Take the adaptive state (temperatures, rates, weights) from the method's buffers."""
+        m = self.method
+        self.tau_a, self.tau_n = float(m.tau_a), float(m.tau_n)
+        self.temp_rate, self.weight_rate = float(m.temp_rate), float(m.weight_rate)
+        self.w_adv, self.w_nat = float(m.w_adv), float(m.w_nat)
         self.l0: tuple[float, float] | None = None
 
     def models(self) -> dict[str, nn.Module]:
