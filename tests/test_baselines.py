@@ -513,7 +513,7 @@ def _cfg(name, out, teachers):
 @pytest.mark.parametrize("name", METHODS)
 def test_engine_trains_and_resumes_mid_epoch_to_the_same_state(name, tmp_path, teacher_files, monkeypatch):
     # evaluation is not under test here (tests/test_train.py): a constant keeps this fast
-    monkeypatch.setattr(engine, "_evaluate", lambda run, epoch: {"clean_acc": 0.0, "pgd_trades_acc": 0.0, "wr": 0.0})
+    monkeypatch.setattr(engine, "evaluate_epoch", lambda run, epoch: {"clean_acc": 0.0, "pgd_trades_acc": 0.0, "wr": 0.0})
     engine.train(_cfg(name, tmp_path / "straight", teacher_files))
     real_save, saves = RunDir.save, [0]
 
