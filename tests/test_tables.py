@@ -142,7 +142,8 @@ def test_shards_cover_the_grid_exactly_once(tmp_path):
     paper = build_grid(get_preset("paper"), tmp_path / "paper")
     assert len(paper.cells) == 46 and not paper.by_id()["cifar100/teachers/robust"].trained
     assert all(c.config.dataset == c.dataset for c in paper.cells if c.trained)
-    assert paper.by_id()["cifar100/resnet18/ciard"].config.robust_teacher == "rb:Gowal2020Uncovering"
+    ciard = paper.by_id()["cifar100/resnet18/ciard"]
+    assert ciard.config.robust_teacher == "rb:Gowal2020Uncovering"
     for n in (1, 2, 3, 5, 24, 30):
         parts = [[c.id for c in shard_cells(grid.cells, (i, n))] for i in range(n)]
         flat = [cid for part in parts for cid in part]

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError, cli_main
+from ..errors import cli_main
 from ..utils import positive_int
 from . import figures, render, runner, store
 from .frames import all_tables
@@ -18,14 +18,18 @@ from .grid import build_grid, parse_shard, select_kinds, shard_cells
 from .presets import Preset, get_preset, list_presets
 
 log = logging.getLogger("ciard_bench.tables")
-_CSV = lambda text: [s.strip() for s in text.split(",") if s.strip()]  # noqa: E731
+
+
+def _csv(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ciard_bench.tables",
                                 description="The paper's Tables 2-7 (and AutoAttack) from real "
                                 "runs: trains what is missing, evaluates, renders.")
-    p.add_argument("--preset", default="smoke", help=f"{' | '.join(list_presets())} (default smoke)")
+    p.add_argument("--preset", default="smoke",
+                   help=f"{' | '.join(list_presets())} (default smoke)")
     p.add_argument("--results-dir", help="results folder (default results/<preset>; runs go to "
                    "<results>/runs/)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and an "
@@ -33,12 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--render-only", action="store_true", help="train nothing: render the tables "
                    "from what the results folder holds (missing cells are marked)")
     p.add_argument("--shard", help="i/n: run only every n-th cell starting at i (0 <= i < n)")
-    p.add_argument("--only", type=_CSV, help="cell kinds to run: teacher,student,ablation "
+    p.add_argument("--only", type=_csv, help="cell kinds to run: teacher,student,ablation "
                    "(with --shard: run --only teacher first)")
-    p.add_argument("--dataset", type=_CSV, help="datasets instead of the preset's (comma list; "
+    p.add_argument("--dataset", type=_csv, help="datasets instead of the preset's (comma list; "
                    "cifar10, cifar100, digits, tiny_imagenet, npz:PATH)")
-    p.add_argument("--students", type=_CSV, help="resnet18,mobilenet_v2 (default both)")
-    p.add_argument("--methods", type=_CSV, help="table rows to run (default all ten)")
+    p.add_argument("--students", type=_csv, help="resnet18,mobilenet_v2 (default both)")
+    p.add_argument("--methods", type=_csv, help="table rows to run (default all ten)")
     p.add_argument("--checkpoint", choices=("best", "last"), help="checkpoint the tables "
                    "evaluate (default: the preset's, best as the released code)")
     p.add_argument("--clean-teacher", help="clean teacher spec for every dataset (PATH | "
@@ -151,7 +155,8 @@ def _run(argv: list[str] | None) -> int:
     which = preset.checkpoint
     if args.dry_run:
         return _dry_run(grid, cells, which)
-    summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": [], "by_kind": {}}
+    summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": [],
+               "by_kind": {}}
     if not args.render_only:
         log.info("preset %s: %d cells (%d in this run), %d threads, results in %s", preset.name,
                  len(grid.cells), len(cells), threads, results)

@@ -77,7 +77,8 @@ def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict) -> l
         spec = overrides.get(role) or plan.spec
         cell = Cell(cid, "teacher", dataset, plan.label, role=role, attacks=TEACHER_ATTACKS)
         if spec:
-            cell.spec, cell.row = spec, f"{plan.label}: {spec}" if overrides.get(role) else plan.label
+            cell.spec = spec
+            cell.row = f"{plan.label}: {spec}" if overrides.get(role) else plan.label
         else:
             cell.method = TEACHER_METHODS[role]
             cell.config = TrainConfig(**{**common, **plan.train, "method": cell.method,

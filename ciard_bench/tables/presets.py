@@ -93,28 +93,30 @@ def get_preset(name: str) -> Preset:
 # --- smoke: every table from real runs on a 2-core CPU in <= 15 minutes --------------------
 # Why each number (measured on a shared 2-core CPU, see results/README.md):
 # * batch 16, lr 0.05: on this CPU a tiny model's cost per image hardly changes between
-#   batch 16 and 64, so small batches buy more updates; in 96 steps a ResNet-18 stand-in
-#   then reaches 60-70 % clean accuracy on digits (batch 64, lr 0.1: chance for most methods);
+#   batch 16 and 64, so small batches buy more updates; in 64-96 steps a ResNet-18 stand-in
+#   then learns digits (batch 64, lr 0.1: chance level for most methods);
 # * MobileNet-V2 at width 0.125 costs ~1.4x the ResNet-18 stand-in per image (0.25: ~4x,
 #   depthwise convolutions are slow on CPU); it learns slowly, which the tables show;
 # * the clean teacher is the ResNet-18 stand-in (95 % in 3 epochs; a ResNet-8 reached 66 %);
 # * widths keep >= 8 stem channels for the ResNets: torch 2.14's channels-last convolution
 #   backward corrupts memory below that, and the engine's per-epoch evaluation feeds
 #   permuted (channels-last) inputs;
+# * --threads 1 is as fast as 2 for these models (2 threads: 1.24x on the ResNet, 0.94x on
+#   the MobileNet, and 10-50x slower steps when another process holds the second core);
 # * AutoAttack: pyautoattack's custom version runs APGD-CE with 5 restarts and APGD-T with 9
 #   target classes; at 10 iterations that is 140 gradient steps per robust point.
-_SMOKE_TEACHER_TRAIN = {"epochs": 3, "batch_size": 32, "attack_steps": 3, "n_test": 64,
-                        "eval_every": 3}
+_SMOKE_TEACHER_TRAIN = {"epochs": 3, "n_train": 1024, "batch_size": 32, "attack_steps": 3,
+                        "n_test": 64, "eval_every": 3}
 register_preset(Preset(
     name="smoke",
     description="offline digits, reduced-width students and teachers trained by the "
-                "pipeline, 3 epochs: every table filled from real runs on 2 CPU cores",
+                "pipeline, 2 epochs: every table filled from real runs on 2 CPU cores",
     reductions="smoke preset: digits (offline); ResNet-18 -> resnet18_tiny (width 8), "
                "MobileNet-V2 -> mobilenet_v2_tiny (width 0.125); teachers ResNet-18-tiny "
-               "(clean) and WRN-10-1 (TRADES) trained here, 3 epochs; students 2 epochs of 768 "
-               "training points, batch 16, lr 0.05, training PGD 3 steps; best epoch chosen on "
-               "48 test points; eps sweep on 24; AutoAttack = APGD-CE + APGD-T with 10 iterations; numbers are "
-               "not comparable to the paper",
+               "(clean) and WRN-10-1 (TRADES) trained here, 3 epochs of 1024 training points; "
+               "students 2 epochs of 512, batch 16, lr 0.05, training PGD 3 steps; best epoch "
+               "chosen on 32 test points; eps sweep on 16 points; AutoAttack = APGD-CE + "
+               "APGD-T with 10 iterations; numbers are not comparable to the paper",
     datasets=("digits",),
     students={"resnet18": ("resnet18_tiny", {"width": 8}),
               "mobilenet_v2": ("mobilenet_v2_tiny", {"width_mult": 0.125})},
@@ -123,11 +125,11 @@ register_preset(Preset(
                              train=_SMOKE_TEACHER_TRAIN),
         "robust": TeacherPlan("WRN-10-1 (robust, TRADES)", "wrn_10_2", {"widen_factor": 1},
                               train=_SMOKE_TEACHER_TRAIN)}},
-    train={"epochs": 2, "n_train": 768, "n_test": 48, "batch_size": 16, "lr": 0.05,
+    train={"epochs": 2, "n_train": 512, "n_test": 32, "batch_size": 16, "lr": 0.05,
            "attack_steps": 3, "eval_every": 1},
     n_examples=64,
     attack_overrides={"aa": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_iter": 10}},
-    sanity_examples=24,
+    sanity_examples=16,
     # stated assumptions for --dry-run before anything ran (2 CPU cores): s/step, s/evaluation
     assumed_step_s={"teacher": 0.3, "student": 0.3, "eval_teacher": 15.0, "eval_student": 20.0},
 ))

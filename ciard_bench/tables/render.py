@@ -41,15 +41,17 @@ def _tex_label(text: object) -> str:
 
 def _step(value: float) -> str:
     frac = Fraction(value).limit_denominator(255)
-    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-12 else f"{value:g}"
+    if abs(float(frac) - value) < 1e-12:
+        return f"{frac.numerator}/{frac.denominator}"
+    return f"{value:g}"
 
 
 def describe_attack(name: str, eps: float, overrides: dict) -> str:
     """One phrase per attack, from the settings the evaluation used."""
     s = attack_settings(name, eps, **overrides.get(name, {}))
     if s["kind"] == "transfer":
-        return (f"Transfer {ATTACK_NAMES[s['base']]} ({describe_attack(s['base'], eps, overrides)}"
-                ", crafted on the robust teacher)")
+        how = describe_attack(s["base"], eps, overrides)
+        return f"Transfer {ATTACK_NAMES[s['base']]} ({how}, crafted on the robust teacher)"
     if name == "fgsm":
         return "FGSM: 1 step of eps"
     if name in ("pgd_sat", "pgd_trades"):
@@ -79,7 +81,8 @@ def caption(grid: Grid, table: Table, which: str) -> str:
         parts.append(f"Student {STUDENT_LABELS[table.student]} (here {arch}"
                      f"{f'({args})' if args else ''}).")
     parts.append(f"eps = {_step(eps)} (Linf); "
-                 + "; ".join(describe_attack(a, eps, p.attack_overrides) for a in table.attacks) + ".")
+                 + "; ".join(describe_attack(a, eps, p.attack_overrides) for a in table.attacks)
+                 + ".")
     points = f"the first {p.n_examples} test points" if p.n_examples else "the whole test set"
     check = ("the teachers' best checkpoints" if table.name == "table2" else
              "best-epoch checkpoints (highest (Clean + PGD_TRADES)/2 on the per-epoch evaluation "
@@ -117,7 +120,7 @@ def to_latex(table: Table, text: str) -> str:
         styler = styler.apply(lambda col: [props[r] for r in _ranks(col)], axis=0)
     return styler.to_latex(caption=tex_escape(text), label=f"tab:{table.name}", hrules=True,
                            multicol_align="c", position_float="centering",
-                           column_format="l" * frame.index.nlevels + "r" * frame.shape[1]) 
+                           column_format="l" * frame.index.nlevels + "r" * frame.shape[1])
 
 
 def to_markdown(table: Table, text: str) -> str:

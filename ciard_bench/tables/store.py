@@ -73,7 +73,8 @@ def eval_key(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
     p = grid.preset
     return {"attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": p.seed,
             "eps": cell.config.eps if cell.config else 8 / 255, "which": which,
-            "overrides": {a: p.attack_overrides[a] for a in cell.attacks if a in p.attack_overrides},
+            "overrides": {a: p.attack_overrides[a] for a in cell.attacks
+                          if a in p.attack_overrides},
             "sanity_examples": p.sanity_examples if cell.kind != "ablation" else None,
             "checkpoint": _checkpoint_id(grid, cell, which), "spec": cell.spec,
             "source": _checkpoint_id(grid, grid.by_id()[cell.source], "best")
