@@ -248,3 +248,12 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
     assert main(argv) == 0
     after = {p.name: p.read_bytes() for p in tmp_path.glob("table*")}
     assert after == before
+
+
+def test_shard_without_teachers_blocks_students_and_renders_missing(tmp_path):
+    assert _run_tiny(tmp_path, ["--only", "student", "--shard", "0/1"]) == 0
+    grid_json = json.loads((tmp_path / "grid.json").read_text())
+    assert grid_json["last_command"]["blocked"] == ["digits/resnet18/sat"]
+    assert grid_json["counts"] == {"missing": 3}
+    assert not (tmp_path / "runs").exists()                       # nothing trained
+    assert "-- = not run yet" in (tmp_path / "table3.md").read_text()
