@@ -141,6 +141,19 @@ class MemoryMeter:
                 "step_increase_mb": (self.peak - self.before) / 2**20}
 
 
+ACCOUNTING = ("FLOPs = sum over models of F(model) x (forward images + 2 x images in full "
+              "backwards + 1 x images in input-only backwards), F = forward FLOPs per image from "
+              "torch.utils.flop_counter (multiply-add = 2, eval mode); a full backward (input and "
+              "weight gradients) ~ 2 forwards, an input-only backward (autograd.grad w.r.t. the "
+              "input, as in PGD) ~ 1 forward; losses, optimiser and BatchNorm updates are not "
+              "counted.")
+
+
+def forward_equivalents(p: dict) -> float:
+    """Passes of one model (``PassCounter`` keys) in units of its forward, as ACCOUNTING says."""
+    return p["forward"] + 2 * p["backward_full"] + p["backward_input"]
+
+
 class PassCounter:
     """Forward/backward passes per model, counted in images, with hooks on the top modules.
 

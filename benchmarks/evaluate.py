@@ -71,7 +71,7 @@ def per_attack(model, x, y, args, device, gflop_fwd: float) -> list[dict]:
         counter.remove()
         e, c = res["attacks"][name], counter.counts["model"]
         passes = {k: c[k] / n for k in ("forward", "backward_full", "backward_input")}
-        gflop = gflop_fwd * (passes["forward"] + 2 * passes["backward_full"] + passes["backward_input"])
+        gflop = gflop_fwd * C.forward_equivalents(passes)
         rows.append({"attack": name, "n": n, "n_attacked": e["n_attacked"], "accuracy": e["accuracy"],
                      "attack_time_s": e["time_s"], "evaluate_time_s": total,
                      "s_per_1000": 1000 * e["time_s"] / max(1, e["n_attacked"]),
@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     import logging
 
     from ciard_bench.models import count_flops
@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = C.matmul_peak(device)
     result = {"config": vars(args), "data": source, "machine": C.machine(device), "matmul_peak": peak,
               "forward_gflop_per_image": gflop_fwd,
-              "accounting": "GFLOP/image = F x (forwards + 2 x full backwards + 1 x input-only "
-                            "backwards) per image, F = the model's forward FLOPs per image",
+              "accounting": C.ACCOUNTING + " Passes are per image.",
               "attacks": per_attack(model, x, y, args, device, gflop_fwd)}
     print(f"model {args.checkpoint or args.model} ({gflop_fwd:.3f} GFLOP/img forward), data {source}, "
           f"batch {args.batch_size}, device {device}, torch {torch.__version__}, "
@@ -175,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
               f"load {d['load_average']})")
     C.write_json(args.out, result)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; a ``UserError`` (bad model, option, device) prints one line, exit 2."""
+    from ciard_bench.errors import cli_main
+
+    return cli_main(_main, argv)
 
 
 if __name__ == "__main__":

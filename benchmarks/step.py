@@ -37,12 +37,6 @@ else:
     from _common import PassCounter
     from released_step import ReleasedCIARDStep
 
-ACCOUNTING = ("FLOPs per step = sum over models of F(model) x (forward images + 2 x images in "
-              "full backwards + 1 x images in input-only backwards), F = forward FLOPs per image "
-              "from torch.utils.flop_counter (multiply-add = 2, eval mode); a full backward "
-              "(input and weight gradients) ~ 2 forwards, an input-only backward (autograd.grad "
-              "w.r.t. the input, as in PGD) ~ 1 forward; losses, optimiser and BatchNorm updates "
-              "are not counted. Passes are in batches (images / batch size).")
 LOSS_RTOL = {"none": 1e-5, "bf16": 2e-2, "fp16": 1e-2}
 
 
@@ -205,12 +199,11 @@ def run(args) -> dict:
 
 def report(args, device, variants: list[Variant], flops: dict, peaks: list) -> dict:
     peak = max((p["gflops"] for p in peaks), default=float("nan"))
-    result = {"config": vars(args), "machine": C.machine(device), "accounting": ACCOUNTING,
+    result = {"config": vars(args), "machine": C.machine(device), "accounting": C.ACCOUNTING + " Passes are in batches (images / batch size).",
               "forward_gflop_per_image": {r: f / 1e9 for r, f in flops.items()},
               "matmul_peak": peaks, "peak_gflops": peak, "variants": {}}
     for v in variants:
-        gflop = sum(flops[r] * args.batch_size * (p["forward"] + 2 * p["backward_full"] + p["backward_input"])
-                    for r, p in v.passes.items()) / 1e9
+        gflop = sum(flops[r] * args.batch_size * C.forward_equivalents(p) for r, p in v.passes.items()) / 1e9
         t = C.median(v.times)
         result["variants"][v.name] = {
             "ms_per_step": 1e3 * t, "times_s": v.times, "images_per_s": args.batch_size / t,
@@ -284,18 +277,14 @@ def print_report(res: dict) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--method", default="ciard")
-    p.add_argument("--student", default="resnet18")
-    p.add_argument("--clean-teacher-arch", default="resnet56")
-    p.add_argument("--robust-teacher-arch", default="wrn_34_10")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    for flag, default in (("method", "ciard"), ("student", "resnet18"), ("device", "cpu"),
+                          ("clean-teacher-arch", "resnet56"), ("robust-teacher-arch", "wrn_34_10")):
+        p.add_argument(f"--{flag}", default=default)
+    for flag, default in (("num-classes", 10), ("image-size", 32), ("batch-size", 16), ("seed", 0)):
+        p.add_argument(f"--{flag}", type=int, default=default)
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="module.compile() every model, as the engine")
-    p.add_argument("--cudnn-benchmark", action="store_true")
+    for flag in ("channels-last", "compile", "cudnn-benchmark"):   # as the engine's flags
+        p.add_argument(f"--{flag}", action="store_true")
     p.add_argument("--epochs", type=int, default=None, help="run length (default: the method's)")
     p.add_argument("--epoch", type=int, default=None,
                    help="which epoch's regime (default 100, during CIARD's ITT; 10 is before it)")
@@ -310,7 +299,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default on CPU: 1; with 2 threads on this shared 2-core "
                         "machine other processes' load stalled OpenMP up to 5x; on CUDA: torch's)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="JSON")
     return p
 
@@ -323,7 +311,7 @@ def _option(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     from ciard_bench.methods import get_method
 
     args = _parser().parse_args(argv)
@@ -337,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     print_report(res)
     C.write_json(args.out, res)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; a ``UserError`` (bad model, option, device) prints one line, exit 2."""
+    from ciard_bench.errors import cli_main
+
+    return cli_main(_main, argv)
 
 
 if __name__ == "__main__":
