@@ -21,6 +21,8 @@ the model in eval mode for the attack and restores its mode afterwards.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 from pathlib import Path
@@ -183,6 +185,19 @@ class Transfer(Attack):
         return self.source_attack(images, labels).to(images.device)
 
 
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """Parameters without ``requires_grad`` for the duration (restored after)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 class AutoAttackAdapter(Attack):
     """pyautoattack's AutoAttack behind ``attack(x, y) -> x_adv``, with a resume file.
 
@@ -222,8 +237,9 @@ class AutoAttackAdapter(Attack):
             idx = flags.nonzero().flatten()
             if len(idx):
                 self.aa.attacks_to_run = [name]
-                x_sub, _ = self.aa.run_standard_evaluation(
-                    images[idx], labels[idx], batch_size=int(self.settings["batch_size"]))
+                with _frozen(self.model):   # FAB calls .backward(): no weight gradients wanted
+                    x_sub, _ = self.aa.run_standard_evaluation(
+                        images[idx], labels[idx], batch_size=int(self.settings["batch_size"]))
                 x_sub = x_sub.to(images.device)
                 with torch.no_grad():
                     ok = self._predict(x_sub) == labels[idx].to(self.device)

@@ -60,6 +60,7 @@ class TrainConfig:
     cudnn_benchmark: bool = False
     ckpt_every_steps: int = 0
     num_workers: int | None = None
+    threads: int | None = None
     out: str = "runs/run"
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class TrainConfig:
 
 
 # Keys that may change between a run and its resume (they do not change the math).
-RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark")
+RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark", "threads")
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -183,6 +184,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
                    help="cuDNN autotuning (CUDA; faster, not bitwise reproducible)")
     d.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU)")
+    d.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is much faster "
+                   "on a small machine shared with other processes)")
 
 
 def add_method_arguments(parser: argparse.ArgumentParser, method_cls: type) -> None:

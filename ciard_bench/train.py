@@ -114,6 +114,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                         f"{d.world_size} processes")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     rundir = RunDir(cfg.out)
     saved_cfg = rundir.read_state().get("config") if rundir.exists() else None
     if rundir.exists() and not resume:

@@ -197,3 +197,22 @@ def test_autoattack_adapter_records_sub_attack_results():
     assert atk.sub_robust == {"apgd-ce": int(robust.sum())}
     assert torch.equal(atk.robust_flags, robust)
     assert PROTOCOL["aa"]["seed"] == 0
+
+
+def test_autoattack_leaves_no_weight_gradients_and_restores_requires_grad():
+    """FAB calls .backward(): the adapter freezes the parameters around AutoAttack."""
+    import torch
+    from torch import nn
+
+    from ciard_bench.attacks import create_attack
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)               # every point correct, so FAB attacks them all
+    atk = create_attack("aa", model, eps=8 / 255, n_classes=10, version="custom",
+                        attacks=["fab-t"], n_iter=2)
+    atk(x, y)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
