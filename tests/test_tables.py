@@ -244,16 +244,16 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
     for fig in ("fig3_training_digits", "fig_robustness_resnet18_digits",
                 "fig_robustness_mobilenet_v2_digits"):
         assert (tmp_path / f"{fig}.png").is_file() and (tmp_path / f"{fig}.pdf").is_file()
-    before = {p.name: p.read_bytes() for p in tmp_path.glob("table*")}
-    assert main(argv) == 0
-    after = {p.name: p.read_bytes() for p in tmp_path.glob("table*")}
+    before = {p.name: p.read_bytes() for p in [*tmp_path.glob("table*"), tmp_path / "grid.json"]}
+    assert main(argv) == 0                                   # nothing to do: re-render only
+    after = {p.name: p.read_bytes() for p in [*tmp_path.glob("table*"), tmp_path / "grid.json"]}
     assert after == before
 
 
 def test_shard_without_teachers_blocks_students_and_renders_missing(tmp_path):
     assert _run_tiny(tmp_path, ["--only", "student", "--shard", "0/1"]) == 0
     grid_json = json.loads((tmp_path / "grid.json").read_text())
-    assert grid_json["last_command"]["blocked"] == ["digits/resnet18/sat"]
+    assert grid_json["runs"][-1]["blocked"] == ["digits/resnet18/sat"]
     assert grid_json["counts"] == {"missing": 3}
     assert not (tmp_path / "runs").exists()                       # nothing trained
     assert "-- = not run yet" in (tmp_path / "table3.md").read_text()

@@ -115,8 +115,9 @@ def _dry_run(grid, cells, which: str) -> int:
 
 def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
     written = []
+    # tables of the preset's own checkpoint keep the plain names; the other get a suffix
+    suffix = "" if which == get_preset(grid.preset.name).checkpoint else f"_{which}"
     for table in all_tables(grid, which):
-        suffix = "" if which == grid.preset.checkpoint else f"_{which}"
         text = render.caption(grid, table, which)
         written += render.write_table(table, text, grid.results, suffix)
         if compare:
@@ -130,7 +131,7 @@ def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
                                               suffix)
     if with_figures:
         written += figures.training_curves(grid, grid.results)
-        written += figures.robustness_curves(grid, grid.results, which)
+        written += figures.robustness_curves(grid, grid.results, which, suffix)
     return written
 
 
@@ -164,10 +165,15 @@ def _run(argv: list[str] | None) -> int:
     compare = preset.compare_paper if args.compare_paper is None else args.compare_paper
     written = _render(grid, which, compare, args.figures)
     wall = time.perf_counter() - start
-    store.write_grid(grid, which, {c.id for c in cells}, extra={"last_command": {
-        "wall_s": wall, "threads": threads, "shard": args.shard, "trained": summary["trained"],
-        "evaluated": summary["evaluated"], "blocked": summary["blocked"],
-        "by_kind": summary["by_kind"]}})
+    # one record per invocation that did (or could not do) work; a pure re-render adds none,
+    # so running the command again on a finished grid rewrites grid.json unchanged
+    runs = (store.read_json(results / "grid.json") or {}).get("runs", [])
+    if summary["trained"] or summary["evaluated"] or summary["blocked"]:
+        runs.append({"wall_s": round(wall, 1), "threads": threads, "shard": args.shard,
+                     "only": args.only, "trained": summary["trained"],
+                     "evaluated": summary["evaluated"], "blocked": summary["blocked"],
+                     "by_kind": summary["by_kind"]})
+    store.write_grid(grid, which, {c.id for c in cells}, extra={"runs": runs})
     counts = store.grid_record(grid, which)["counts"]
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "

@@ -22,7 +22,7 @@ from .presets import METHOD_LABELS, STUDENT_LABELS
 from .render import DATASET_NAMES
 
 
-def _pyplot():
+def _pyplot():  # Agg before pyplot: no display on servers and CI
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,6 +41,8 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def training_curves(grid: Grid, out: Path) -> list[Path]:
     """Fig. 3 for each dataset whose CIARD cell logged its teachers."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     written = []
     for cell in grid.cells:
@@ -61,6 +63,7 @@ def training_curves(grid: Grid, out: Path) -> list[Path]:
                 if pts:
                     ax.plot(*zip(*pts), style, label=label, markersize=4)
             ax.set(title=f"{title} accuracy", xlabel="epoch", ylabel="accuracy (%)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"CIARD training, {DATASET_NAMES.get(cell.dataset, cell.dataset)} "
@@ -71,7 +74,7 @@ def training_curves(grid: Grid, out: Path) -> list[Path]:
     return written
 
 
-def robustness_curves(grid: Grid, out: Path, which: str) -> list[Path]:
+def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Path]:
     """Accuracy against eps, one line per method, for each student and dataset."""
     plt = _pyplot()
     written = []
@@ -80,7 +83,7 @@ def robustness_curves(grid: Grid, out: Path, which: str) -> list[Path]:
             cells = [c for c in grid.cells if c.kind == "student" and c.student == student
                      and c.dataset == dataset]
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            drawn = 0
+            drawn, points = 0, 0
             for cell in cells:
                 ev = store.read_json(store.eval_path(grid, cell, which)) \
                     if store.status(grid, cell, which) == store.DONE else None
@@ -90,19 +93,19 @@ def robustness_curves(grid: Grid, out: Path, which: str) -> list[Path]:
                 eps = [e * 255 for e in curve["eps"]]
                 ax.plot(eps, curve["accuracy"], "-o", markersize=3,
                         label=METHOD_LABELS.get(cell.method, cell.method))
-                drawn += 1
+                drawn, points = drawn + 1, curve.get("n", 0)
             if not drawn:
                 plt.close(fig)
                 continue
             ax.set_xscale("symlog", linthresh=2)
             ax.set(xlabel="eps (x 1/255)", ylabel="accuracy (%)",
                    title=f"{STUDENT_LABELS[student]}, {DATASET_NAMES.get(dataset, dataset)}: "
-                         f"PGD_SAT against eps ({grid.preset.name})")
+                         f"PGD_SAT against eps, first {points} test points ({grid.preset.name})")
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
             fig.tight_layout()
-            written += _save(fig, out / f"fig_robustness_{student}_{_slug(dataset)}")
+            written += _save(fig, out / f"fig_robustness_{student}_{_slug(dataset)}{suffix}")
             plt.close(fig)
     return written
 

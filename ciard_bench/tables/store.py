@@ -192,12 +192,18 @@ def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dic
                       "in_this_run": selected is None or cell.id in selected,
                       **{k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing}})
     counts: dict[str, int] = {}
+    totals: dict[str, dict[str, float]] = {}
     for c in cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
+        for kind in (c["kind"], "all"):
+            t = totals.setdefault(kind, {"cells": 0, "train_s": 0.0, "eval_s": 0.0})
+            t["cells"] += 1
+            t["train_s"] += c.get("train_s", 0.0)
+            t["eval_s"] += c.get("eval_s", 0.0)
     return {"format": "ciard-bench/tables-grid/1", "preset": grid.preset.name,
             "checkpoint": which, "settings": {k: v for k, v in grid.settings.items()
                                              if k not in ("device", "data_root", "model_dir")},
-            "counts": counts, "cells": cells}
+            "counts": counts, "totals": totals, "cells": cells}
 
 
 def write_grid(grid: Grid, which: str, selected: set[str] | None = None,
