@@ -208,7 +208,8 @@ def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dic
 
 def write_grid(grid: Grid, which: str, selected: set[str] | None = None,
                extra: dict | None = None) -> None:
-    """Rewrite ``<results>/grid.json`` from what is on disk (atomic; shards may race, the
-    last writer wins with the state it read)."""
-    atomic_write_json(grid.results / "grid.json", {**grid_record(grid, which, selected),
-                                                   **(extra or {})})
+    """Rewrite ``<results>/grid.json`` from what is on disk, keeping its ``runs`` history
+    unless ``extra`` replaces it (atomic; shards may race, the last writer wins)."""
+    path = grid.results / "grid.json"
+    kept = {"runs": (read_json(path) or {}).get("runs", [])}
+    atomic_write_json(path, {**grid_record(grid, which, selected), **kept, **(extra or {})})
