@@ -85,6 +85,8 @@ def apply_overrides(preset: Preset, args: argparse.Namespace) -> tuple[Preset, d
             values[key] = changed[key]
     if args.checkpoint:
         values["checkpoint"] = args.checkpoint
+    if "epochs" in changed:  # the preset's notes describe its own schedule
+        values["table_notes"] = {}
     if changed:
         values["reductions"] = preset.reductions + "; overrides: " + ", ".join(
             f"{k}={v}" for k, v in changed.items())

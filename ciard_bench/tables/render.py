@@ -91,6 +91,8 @@ def caption(grid: Grid, table: Table, which: str) -> str:
     parts.append(f"Accuracy in percent on {points}; robust = correct clean and attacked; "
                  f"W-R = (Clean + Robust)/2; {check}.")
     parts.append(f"{p.reductions}.")
+    if table.name in p.table_notes:
+        parts.append(p.table_notes[table.name])
     missing = int(table.frame.isna().to_numpy().sum())
     parts.append(("Best per column in bold, second underlined. " if table.highlight else "")
                  + (f"-- = not run yet ({missing} values missing)." if missing else
