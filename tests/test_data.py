@@ -418,3 +418,14 @@ def test_loader_iteration_does_not_consume_the_global_rng():
     before = torch.get_rng_state()
     iter(make_loader(ds, 4, shuffle=True, seed=1, epoch=2))
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_float_images_are_contiguous_nchw():
+    """Channels-last-strided inputs crash torch 2.14's conv backward for thin first layers."""
+    import torch
+    from ciard_bench.data import ArrayDataset, to_float_nchw
+
+    x = torch.randint(0, 255, (4, 8, 8, 3), dtype=torch.uint8)
+    assert to_float_nchw(x).is_contiguous()
+    ds = ArrayDataset(x, torch.zeros(4, dtype=torch.long), augment=True)
+    assert ds[0][0].is_contiguous() and ArrayDataset(x, torch.zeros(4, dtype=torch.long))[1][0].is_contiguous()

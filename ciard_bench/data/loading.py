@@ -90,7 +90,9 @@ class ArrayDataset(Dataset):
             gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, i))
             top, left = torch.randint(0, 2 * _PADDING + 1, (2,), generator=gen).tolist()
             img = crop_flip(img, top, left, bool(torch.rand(1, generator=gen) < 0.5))
-        return img.float().div_(255), self.y[i]
+        # contiguous NCHW: torch 2.14's conv backward crashes on channels-last-strided inputs
+        # when the first layer is thin (< 8 channels)
+        return img.float().div_(255).contiguous(), self.y[i]
 
 
 class EpochSampler(Sampler[int]):
@@ -148,4 +150,4 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
 
 def to_float_nchw(x: torch.Tensor) -> torch.Tensor:
     """uint8 N x H x W x C -> float32 N x C x H x W in [0, 1] (e.g. the first n test points)."""
-    return torch.as_tensor(x).permute(0, 3, 1, 2).float().div_(255)
+    return torch.as_tensor(x).permute(0, 3, 1, 2).float().div_(255).contiguous()
