@@ -14,29 +14,11 @@ from ciard_bench.attacks import (PROTOCOL, AutoAttackAdapter, CWLinf, attack_set
                                  create_attack, cw_margin_loss, list_attacks)
 from ciard_bench.errors import UserError
 
+from toys import toy
+
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # toy models: OpenMP hand-offs cost more than the maths (10-50x on a shared 2-core box)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def toy(n: int = 20, contrast: float = 0.2, seed: int = 0):
-    """A prototype-matching linear classifier on 3x8x8 images: ~80 % clean, ~40 % PGD."""
-    protos = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    noise = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
-    y = torch.arange(n) % 10
-    x = (0.5 + contrast * (protos[y] - 0.5) + 0.1 * noise).clamp(0, 1)
-    lin = nn.Linear(192, 10)
-    with torch.no_grad():
-        lin.weight.copy_(4 * (protos - 0.5).flatten(1))
-        lin.bias.zero_()
-    return nn.Sequential(nn.Flatten(), lin).eval(), x, y
 
 
 def test_registry_has_the_protocol_attacks():
@@ -67,13 +49,13 @@ def test_aa_target_classes_follow_n_classes():
     assert attack_settings("aa", n_classes=100)["apgd_t_n_target_classes"] == 9
     assert attack_settings("aa", n_classes=100)["fab_t_n_target_classes"] == 9
     assert attack_settings("aa", n_classes=5)["apgd_t_n_target_classes"] == 4
-    model, _, _ = toy()
+    model, _, _ = toy(20)
     atk = create_attack("aa", model, n_classes=5)
     assert atk.aa.apgd_targeted.n_target_classes == 4 and atk.aa.fab.n_target_classes == 4
 
 
 def test_unknown_names_are_user_errors():
-    model, _, _ = toy()
+    model, _, _ = toy(20)
     with pytest.raises(UserError, match="unknown attack 'pgd'; accepted: .*pgd_sat"):
         create_attack("pgd", model)
     with pytest.raises(UserError, match="no setting 'stepz'"):
@@ -85,7 +67,7 @@ def test_unknown_names_are_user_errors():
 
 
 def test_fgsm_is_one_hand_computed_sign_gradient_step():
-    model, x, y = toy()
+    model, x, y = toy(20)
     xr = x.clone().requires_grad_(True)
     grad, = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
     expected = (x + EPS * grad.sign()).clamp(0, 1)
@@ -124,7 +106,7 @@ def test_cw_margin_loss_equals_hand_computation():
 
 
 def test_cw_inf_first_step_is_a_sign_step_on_the_margin_loss():
-    model, x, y = toy()
+    model, x, y = toy(20)
     xr = x.clone().requires_grad_(True)
     grad, = torch.autograd.grad(cw_margin_loss(model(xr), y).sum(), xr)
     expected = (x + (2 / 255) * grad.sign()).clamp(0, 1)
@@ -144,7 +126,7 @@ class _Counting(nn.Module):
 
 
 def test_transfer_attack_uses_the_source_gradients_not_the_targets():
-    target_net, x, y = toy()
+    target_net, x, y = toy(20)
     source, _, _ = toy(n=1, contrast=0.5)
     with torch.no_grad():  # a different model: permuted classifier rows
         source[1].weight.copy_(source[1].weight.roll(1, dims=1))
@@ -160,7 +142,7 @@ def test_transfer_attack_uses_the_source_gradients_not_the_targets():
 
 
 def test_square_is_torchattacks_with_100_queries_and_square_aa_is_autoattacks():
-    model, x, y = toy()
+    model, x, y = toy(20)
     square = create_attack("square", model, seed=4)
     assert isinstance(square, torchattacks.Square)
     assert (square.n_queries, square.p_init, square.seed, square.norm) == (100, 0.8, 4, "Linf")

@@ -12,29 +12,11 @@ from ciard_bench import sanity
 from ciard_bench.evaluate import evaluate
 from ciard_bench.sanity import SanityWarning
 
+from toys import toy
+
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # toy models: OpenMP hand-offs cost more than the maths (10-50x on a shared 2-core box)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def toy(n: int = 40, contrast: float = 0.2, seed: int = 0):
-    """A prototype-matching linear classifier on 3x8x8 images: ~80 % clean, ~40 % PGD."""
-    protos = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    noise = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
-    y = torch.arange(n) % 10
-    x = (0.5 + contrast * (protos[y] - 0.5) + 0.1 * noise).clamp(0, 1)
-    lin = nn.Linear(192, 10)
-    with torch.no_grad():
-        lin.weight.copy_(4 * (protos - 0.5).flatten(1))
-        lin.bias.zero_()
-    return nn.Sequential(nn.Flatten(), lin).eval(), x, y
 
 
 class Quantise(nn.Module):
