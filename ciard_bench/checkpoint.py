@@ -2,7 +2,10 @@
 
 Every file the project writes goes to a temporary file in the same folder first and is
 renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a crash leaves
-either the old file or the new one, never half of one. Every checkpoint load goes through
+either the old file or the new one, never half of one. The temporary file is created with
+mode 0666 filtered by the process umask (and the folder's default ACL), exactly as a plain
+``open(path, "w")`` would create it, so results stay readable by the group on a shared
+cluster (``tempfile.mkstemp`` would make every file 0600). Every checkpoint load goes through
 :func:`load_checkpoint`, which uses ``torch.load(weights_only=True)`` and turns the usual
 failures (an HTML page saved as ``.pt``, a truncated download, a pickle that would execute
 code) into a one-line :class:`~ciard_bench.errors.UserError`.
@@ -14,7 +17,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,12 +27,34 @@ from .faults import kill_point
 FORMAT = "ciard-bench/1"
 
 
+# O_EXCL: never reuse a name; O_NOFOLLOW/O_BINARY/O_NOINHERIT where they exist (as mkstemp)
+_TEMP_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0))
+
+
+def create_temporary(path: str | os.PathLike) -> tuple[int, str]:
+    """A new ``.<name>.<random>.tmp`` beside ``path``, opened for writing: ``(fd, name)``.
+
+    Like ``tempfile.mkstemp`` but with the mode an ordinary ``open()`` gives (0666 under the
+    umask, or the folder's default ACL) instead of 0600. Reading the umask is not needed: the
+    kernel applies it, which also avoids ``os.umask``'s set-and-restore race between threads.
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {str(path)!r}")
+
+
 @contextlib.contextmanager
 def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = create_temporary(path)
     except OSError as err:
         raise UserError(f"cannot write to {str(path.parent)!r}: {err.strerror}; "
                         "choose a writable output folder") from err

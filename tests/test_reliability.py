@@ -149,3 +149,54 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_cli(tmp_path, cli,
     err = capsys.readouterr().err
     assert code == 2 and "could run code" in err
     assert not marker.exists()
+
+
+# -- files the package writes: permissions (issue 12, item 1) -------------------------------------
+
+def _tiny_sat(out, **extra):
+    from ciard_bench.config import TrainConfig
+    values = dict(method="sat", dataset="digits", n_train=16, n_test=8, student="resnet8", epochs=1,
+                  batch_size=16, attack_steps=1, eval_batch_size=8, device="cpu", out=str(out))
+    return TrainConfig(**{**values, **extra})
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o022])
+def test_every_file_written_gets_the_mode_open_would_give_under_the_umask(tmp_path, umask):
+    import numpy as np
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ciard_bench import evaluate as evaluate_cli
+    from ciard_bench.data.sources import _write_npz_atomic
+    from ciard_bench.tables import build_grid, get_preset, render, store
+    from ciard_bench.tables.figures import _save
+    from ciard_bench.tables.frames import all_tables
+    from ciard_bench.train import train
+
+    old = os.umask(umask)
+    try:
+        train(_tiny_sat(tmp_path / "run"))                        # checkpoints, run/config/result.json, log
+        assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run"), "--dataset", "digits",
+                                  "--n-examples", "8", "--attacks", "fgsm", "--no-expensive-checks",
+                                  "--device", "cpu", "--out", str(tmp_path / "eval.json")]) == 0
+        grid = build_grid(get_preset("smoke"), tmp_path / "tables")
+        store.write_grid(grid, "best")                             # grid.json
+        table = all_tables(grid, "best")[0]
+        render.write_table(table, "caption", tmp_path / "tables")  # csv, tex, md
+        fig = plt.figure()
+        _save(fig, tmp_path / "tables" / "fig")                    # png, pdf
+        plt.close(fig)
+        _write_npz_atomic(tmp_path / "cache.npz", {"x": np.zeros(3)})  # decoded-image cache
+        with open(tmp_path / "plain", "w"):                        # what an ordinary open() gives
+            pass
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (os.stat(tmp_path / "plain").st_mode & 0o777) == expected
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    kinds = {p.suffix or p.name for p in files}
+    assert {".pt", ".json", ".jsonl", ".csv", ".tex", ".md", ".png", ".pdf", ".npz"} <= kinds
+    assert {"run.json", "result.json", "config.json", "eval.json", "grid.json"} <= {p.name for p in files}
+    modes = {str(p.relative_to(tmp_path)): oct(os.stat(p).st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(expected)}, modes

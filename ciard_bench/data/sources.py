@@ -5,7 +5,6 @@ import logging
 import os
 import pickle
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import create_temporary
 from ..errors import UserError
 from .arrays import DatasetArrays, make_arrays, register_dataset
 
@@ -146,7 +146,7 @@ def _decode(paths: list[Path]) -> np.ndarray:
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Temp file + ``os.replace``: a crash never leaves half a cache; unwritable -> just no cache."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = create_temporary(path)   # the mode open() gives, not mkstemp's 0600
     except OSError as err:
         log.warning("cannot cache the decoded images in %s (%s); decoding again next time", path, err)
         return

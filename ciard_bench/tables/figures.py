@@ -12,9 +12,11 @@ The PDF carries no creation date, so regenerating it gives the same bytes.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+from ..checkpoint import atomic_write_bytes
 from . import store
 from .frames import _datasets, _students
 from .grid import Grid
@@ -32,10 +34,13 @@ def _pyplot():  # Agg before pyplot: no display on servers and CI
 
 
 def _save(fig, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=120, metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    for path, kwargs in zip(paths, ({"dpi": 120, "metadata": {"Software": None}},
+                                    {"metadata": {"CreationDate": None, "Creator": None,
+                                                  "Producer": None}})):
+        buf = io.BytesIO()  # rendered in memory, then written atomically like every other file
+        fig.savefig(buf, format=path.suffix[1:], **kwargs)
+        atomic_write_bytes(path, buf.getvalue())
     return paths
 
 
