@@ -200,3 +200,43 @@ def test_every_file_written_gets_the_mode_open_would_give_under_the_umask(tmp_pa
     assert {"run.json", "result.json", "config.json", "eval.json", "grid.json"} <= {p.name for p in files}
     modes = {str(p.relative_to(tmp_path)): oct(os.stat(p).st_mode & 0o777) for p in files}
     assert set(modes.values()) == {oct(expected)}, modes
+
+
+# -- evaluate() and robustness_curve() leave the caller's modes alone (issue 12, item 2) -----------
+
+def _modes(model):
+    return [m.training for m in model.modules()]
+
+
+def _bn_toy():
+    from toys import toy
+    from torch import nn
+    model, x, y = toy()
+    model = nn.Sequential(*model, nn.BatchNorm1d(10), nn.Dropout(0.0)).train()
+    model[1].eval()                     # a mixed state: every submodule's own flag must come back
+    with torch.no_grad():               # BN statistics of the data: the model stays accurate
+        model(x)
+    return model, x, y
+
+
+def test_evaluate_and_robustness_curve_restore_train_modes_also_on_exceptions():
+    from ciard_bench.errors import UserError
+    from ciard_bench.evaluate import evaluate, robustness_curve
+
+    model, x, y = _bn_toy()
+    source, _, _ = _bn_toy()
+    before, source_before = _modes(model), _modes(source)
+    assert before[0] and not before[2]  # the Sequential trains, its Linear is in eval mode
+    result = evaluate(model, x, y, ["fgsm", "transfer_pgd_trades"], batch_size=20, source=source,
+                      expensive_checks=False, overrides={"transfer_pgd_trades": {"steps": 2}})
+    check = next(c for c in result["sanity"]["checks"] if c["name"] == "eval_mode")
+    assert check["passed"]               # the attacks saw the model in eval mode
+    assert _modes(model) == before and _modes(source) == source_before
+    robustness_curve(model, x[:10], y[:10], [0.0, 8 / 255], "fgsm", batch_size=10)
+    assert _modes(model) == before
+    with pytest.raises(UserError):      # raised after the model was put in eval mode
+        evaluate(model, x, y, ["fgsm"], n_classes=7, source=source, expensive_checks=False)
+    assert _modes(model) == before and _modes(source) == source_before
+    with pytest.raises(KeyError):       # an attack that does not exist, found mid-curve
+        robustness_curve(model, x[:10], y[:10], [0.0], "no_such_attack", batch_size=10)
+    assert _modes(model) == before

@@ -20,6 +20,7 @@ sweep of PGD-20 (eps in {0, 2, 4, eps, 16, 128}/255, step max(2/255, 2.5 eps/20)
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from .. import sanity
 from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, list_attacks
 from ..errors import UserError, choices_error
 from ..faults import kill_point
+from ..methods.pgd import eval_mode
 from ..utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -214,6 +216,18 @@ def _read_cache(path: Any, key: str) -> dict:
     return data.get("attacks", {})
 
 
+def _restores_modes(fn):
+    """Run ``fn(model, ..., source=...)`` with the model (and source) in eval mode, and give
+    every submodule its own train/eval mode back on every exit, exceptions included: a caller
+    inside a training loop must not continue with BatchNorm frozen."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        with eval_mode(model, kwargs.get("source")):
+            return fn(model, *args, **kwargs)
+    return wrapper
+
+
+@_restores_modes
 def robustness_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      eps_list: Sequence[float], attack: str = "pgd_trades", *,
                      batch_size: int = 128, seed: int = 0, n_classes: int | None = None,
@@ -225,7 +239,6 @@ def robustness_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``max(protocol step, step_scale * eps / steps)`` so that large radii are reachable.
     """
     device = device if device is not None else _model_device(model)
-    model.eval()
     clean_ok = predict(model, x, batch_size, device) == y
     n_classes = n_classes or int(model(x[:1].to(device)).shape[1])
     accs, settings = [], []
@@ -285,6 +298,7 @@ def _expensive_checks(model, x, y, clean_ok, correct: dict, opt: Options, k: int
     return checks, curve, cost
 
 
+@_restores_modes
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              attacks: str | Sequence[str] = "all", eps: float = 8 / 255, *,
              batch_size: int = 128, seed: int = 0, n_classes: int | None = None,
@@ -298,15 +312,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     "attacks": ["apgd-ce"]}}``); ``aa_state`` is AutoAttack's resume file. With ``cache`` (a
     JSON path) every finished attack is recorded there at once, and a restarted evaluation
     of the same model, points and settings reuses those results instead of attacking again
-    (AutoAttack itself resumes mid-cascade from ``aa_state``).
+    (AutoAttack itself resumes mid-cascade from ``aa_state``). ``model`` and ``source`` run
+    in eval mode and get their own modes back afterwards, also when an attack raises.
     """
     from ..checkpoint import atomic_write_json
 
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
-    model.eval()
-    if source is not None:
-        source.eval()
     names = resolve_attacks(attacks, with_source=source is not None)
     # contiguous: a permuted (channels-last) batch gives gradients pyautoattack cannot .view()
     x, y = x.detach().cpu().float().contiguous(), y.detach().cpu().long()
