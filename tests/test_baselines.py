@@ -489,6 +489,21 @@ def test_forward_never_syncs_with_the_host(name, monkeypatch):
     assert torch.isfinite(out["loss"]).item()
 
 
+@pytest.mark.parametrize("name", [*METHODS, "ciard"])
+def test_scalar_adaptive_state_is_float64_and_losses_stay_float32(name):
+    """Every 0-dim floating buffer of a method is adaptive state the released code keeps as a
+    Python float: float64 (issue 12); per-class vectors (ABSLD, Fair-ARD) are float32 tensors in
+    the released code too. The losses stay float32, as Python float * float32 tensor gives."""
+    m = make(name, steps=1)
+    own = {n: b for n, b in m.named_buffers(recurse=False) if b.is_floating_point()}
+    for buf_name, buf in own.items():
+        assert buf.dtype == (torch.float64 if buf.dim() == 0 else torch.float32), (name, buf_name)
+    x, y = batch()
+    for _ in range(2):
+        out = m(x, y)
+    assert all(v.dtype == torch.float32 for v in out.values()), {k: v.dtype for k, v in out.items()}
+
+
 @pytest.fixture(scope="module")
 def teacher_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")

@@ -329,3 +329,81 @@ def test_schedules_by_hand():
     assert [steps(e, 300, 0.1) for e in (215, 216, 260, 261, 286)] == pytest.approx([0.1, 0.01, 0.01, 0.001, 1e-4])
     assert released(3, 6, 0.1) == pytest.approx(0.1)   # milestones scale with the run length
     assert released(2, 6, 0.1) == 0.1
+
+
+# -- adaptive scalars in float64, as the released code's Python floats (issue 12, item 3) -----------
+
+def _released_tau(signs, rate=0.001, lo=1.0, hi=10.0):
+    """The released update, in Python floats: tau = clip(tau - rate * sign(...).item(), lo, hi)."""
+    tau = 1.0
+    for s in signs:
+        tau = max(min(hi, tau - rate * float(s)), lo)
+    return tau
+
+
+def test_two_temperature_updates_follow_the_released_python_float_arithmetic():
+    m = make(loss_weights="mtard_adaptive")
+    m.begin_epoch(1)
+    x, y = batch()
+    _fixed_adv(m, x)
+    outs = [m(x, y), m(x, y)]
+    for name in ("tau_a", "tau_n", "temp_rate", "weight_rate", "w_adv", "w_nat", "l0_adv", "l0_nat"):
+        assert getattr(m, name).dtype == torch.float64, name
+    # opposite signs each step: one temperature rose twice by 0.001, the other stayed clipped at 1
+    up = max(m.tau_a.item(), m.tau_n.item())
+    assert min(m.tau_a.item(), m.tau_n.item()) == 1.0
+    assert up == _released_tau([-1, -1]) == 1.0 + 0.001 + 0.001        # 1.002 as Python holds it
+    f32 = torch.ones(())
+    f32 += 0.001
+    f32 += 0.001
+    assert up != f32.item()                                            # float32 state: 1.0020001
+    # the losses stay float32, as Python float * float32 tensor gives
+    for out in outs:
+        assert out["loss"].dtype == out["loss_adv"].dtype == torch.float32
+    # the MTARD weights follow the released float arithmetic on the losses' .item() values
+    l0 = (outs[0]["loss_adv"].item(), outs[0]["loss_nat"].item())
+    w_adv = w_nat = 0.5
+    for out in outs:
+        h_adv, h_nat = out["loss_adv"].item() / l0[0], out["loss_nat"].item() / l0[1]
+        mean = (h_adv + h_nat) / 2
+        r_adv, r_nat = h_adv / mean, h_nat / mean
+        new_nat = max(0.0, w_nat - 0.025 * (w_nat - r_nat / (r_adv + r_nat)))
+        new_adv = max(0.0, w_adv - 0.025 * (w_adv - r_adv / (r_adv + r_nat)))
+        w_adv, w_nat = new_adv / (new_adv + new_nat), new_nat / (new_adv + new_nat)
+    assert (m.w_adv.item(), m.w_nat.item()) == (w_adv, w_nat)
+
+
+def test_float64_state_survives_a_checkpoint_exactly(tmp_path):
+    from ciard_bench.checkpoint import load_checkpoint, save_checkpoint
+
+    m = make()
+    m.begin_epoch(1)
+    x, y = batch()
+    m(x, y)
+    m(x, y)
+    save_checkpoint({"method_state": m.checkpoint_state()}, tmp_path / "c.pt")
+    fresh = make()
+    fresh.load_checkpoint_state(load_checkpoint(tmp_path / "c.pt")["method_state"])
+    for name in ("tau_a", "tau_n", "temp_rate", "w_adv", "w_nat", "l0_adv", "l0_nat"):
+        a, b = getattr(m, name), getattr(fresh, name)
+        assert b.dtype == torch.float64 and (torch.equal(a, b) or (a.isnan() and b.isnan())), name
+    # a checkpoint written before the change (float32 state) still loads, exactly widened
+    old = {k: (v.float() if v.dtype == torch.float64 else v) for k, v in m.checkpoint_state().items()}
+    fresh.load_checkpoint_state(old)
+    assert fresh.tau_a.dtype == torch.float64 and fresh.tau_a.item() == m.tau_a.float().item()
+
+
+def test_float64_state_falls_back_to_float32_with_a_warning():
+    m = make()
+    m.to(torch.device("cpu"), memory_format=torch.channels_last)
+    assert m.tau_a.dtype == torch.float64                              # CPU/CUDA keep float64
+    with pytest.warns(UserWarning, match="mps has no float64.*float32"):
+        try:
+            m.to("mps")
+        except RuntimeError:                                           # a machine without MPS
+            pass
+    assert m.tau_a.dtype == torch.float32 and m.w_adv.dtype == torch.float32
+    m.to("cpu")
+    m.begin_epoch(1)
+    x, y = batch()
+    assert m(x, y)["loss"].dtype == torch.float32

@@ -10,11 +10,20 @@ A method is an ``nn.Module`` that owns the student, its teachers and its adaptiv
 * ``teacher_trainings()``: teachers the method trains, each with its own optimiser settings.
 * ``checkpoint_state()`` / ``load_checkpoint_state()``: everything but frozen teachers.
 
+Scalar adaptive state that the released codes keep as Python floats (temperatures, rates,
+loss weights, first-step losses) lives in 0-dim float64 buffers (:func:`scalar_state`): the
+in-place updates then round exactly as the released arithmetic does, on the device and
+without a host sync. Where such a scalar meets a float32 tensor (a loss, logits) the result
+stays float32, as Python-float * float32-tensor does; 0-dim by 0-dim products cast the
+scalar first (``w.to(loss.dtype) * loss``). MPS has no float64: there the buffers fall back
+to float32 with a warning.
+
 The engine knows nothing about any particular method.
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -89,6 +98,24 @@ class Method(nn.Module):
         self.training = mode
         self.student.train(mode)
         return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "Method":
+        """``nn.Module.to``; on MPS (no float64) the float64 scalar state becomes float32 first."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]   # how nn.Module.to reads its arguments
+        if device is not None and device.type == "mps":
+            self.state_to_float32(f"{device.type} has no float64")
+        return super().to(*args, **kwargs)
+
+    def state_to_float32(self, why: str) -> None:
+        """Cast the method's own float64 buffers to float32 (warns: the run may then drift
+        ~1 ulp per update from the released Python-float arithmetic)."""
+        names = [n for n, b in self._buffers.items() if b is not None and b.dtype == torch.float64]
+        for name in names:
+            self._buffers[name] = self._buffers[name].float()
+        if names:
+            warnings.warn(f"{why}: {self.name}'s adaptive state ({', '.join(names)}) runs in "
+                          "float32, not float64 as the released code's Python floats; a long run "
+                          "may drift slightly from the released trajectory", stacklevel=2)
 
     # -- checkpointing -----------------------------------------------------------------
     def _frozen_prefixes(self) -> tuple[str, ...]:
@@ -170,5 +197,6 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
     return dataclasses.field(default=default, metadata=meta)
 
 
-def as_float_tensor(value: float) -> Tensor:
-    return torch.tensor(float(value), dtype=torch.float32)
+def scalar_state(value: float) -> Tensor:
+    """A 0-dim float64 tensor for adaptive state the released code keeps as a Python float."""
+    return torch.tensor(float(value), dtype=torch.float64)

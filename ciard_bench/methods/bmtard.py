@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import option, register_method
+from .base import option, register_method, scalar_state
 from .losses import entropy_balance_, neg_entropy
 from .mtard import MTARD
 
@@ -50,7 +49,7 @@ class BMTARD(MTARD):
     def __init__(self, student, teachers, ctx, options=None):
         super().__init__(student, teachers, ctx, options)
         for name, value in (("tau_a", 1.0), ("tau_n", 1.0), ("temp_rate", self.opts.temp_rate)):
-            self.register_buffer(name, torch.tensor(value))
+            self.register_buffer(name, scalar_state(value))   # float64: Python floats in the code
 
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..schedules import cos_exp_decay
-from .base import Method, TeacherTraining, milestone, option, register_method
+from .base import Method, TeacherTraining, milestone, option, register_method, scalar_state
 from .losses import entropy_balance_, kle, magnitude_scale, masked_kle, mtard_weights_, neg_entropy
 from .pgd import eval_mode, pgd
 
@@ -81,7 +81,7 @@ class CIARD(Method):
         for name, value in (("tau_a", 1.0), ("tau_n", 1.0), ("temp_rate", o.temp_rate),
                             ("weight_rate", o.weight_rate), ("w_adv", 0.5), ("w_nat", 0.5),
                             ("l0_adv", float("nan")), ("l0_nat", float("nan"))):
-            self.register_buffer(name, torch.tensor(value))
+            self.register_buffer(name, scalar_state(value))   # float64: Python floats in the code
         self.itt_active = False
         self.decay_every_batch = False
 
@@ -138,7 +138,9 @@ class CIARD(Method):
         if o.loss_weights == "mtard_adaptive":
             mtard_weights_(self.w_adv, self.w_nat, l_adv.detach(), l_nat.detach(),
                            self.l0_adv, self.l0_nat, self.weight_rate)
-            loss = self.w_nat.clone() * l_nat + self.w_adv.clone() * l_adv
+            # float64 weights cast to the loss dtype: Python float * float32 tensor in the code
+            loss = (self.w_nat.to(l_nat.dtype, copy=True) * l_nat
+                    + self.w_adv.to(l_adv.dtype, copy=True) * l_adv)
         else:
             loss = l_nat + l_adv
         out = {"loss_adv": l_adv, "loss_nat": l_nat}

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .ard import ARD
-from .base import option, register_method
+from .base import option, register_method, scalar_state
 from .losses import fair_class_weights
 
 
@@ -49,7 +49,7 @@ class FairARD(ARD):
         c = ctx.num_classes
         self.register_buffer("class_weights", torch.ones(c))
         self.register_buffer("kappa_sum", torch.zeros(c))     # sum of kappa_i per class, this epoch
-        self.register_buffer("seen", torch.zeros(()))         # samples seen this epoch
+        self.register_buffer("seen", scalar_state(0))         # samples seen this epoch (exact count)
 
     def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
         self.kappa_sum.index_add_(0, y, (logits.argmax(dim=1) == y).to(self.kappa_sum.dtype))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, milestone, option, register_method
+from .base import Method, milestone, option, register_method, scalar_state
 from .losses import kle, mtard_weights_
 from .pgd import eval_mode, pgd
 
@@ -56,7 +56,7 @@ class MTARD(Method):
         self.rate_epochs = [milestone(m, ctx.epochs) for m in RATE_MILESTONES]
         for name, value in (("w_adv", 0.5), ("w_nat", 0.5), ("l0_adv", float("nan")),
                             ("l0_nat", float("nan")), ("weight_rate", self.opts.weight_rate)):
-            self.register_buffer(name, torch.tensor(value))
+            self.register_buffer(name, scalar_state(value))   # float64: Python floats in the code
 
     def _decay(self, epoch: int) -> float:
         return 0.1 ** sum(epoch > m for m in self.rate_epochs)
@@ -91,9 +91,11 @@ class MTARD(Method):
         l_nat = scale * kle(F.log_softmax(z_s, dim=1), p_n)
         self._after_losses(p_a, p_n)
         beta = self.opts.beta    # (L / L0)^beta == L^beta / L0^beta: L0 buffers hold L0^beta
-        mtard_weights_(self.w_adv, self.w_nat, l_adv.detach() ** beta, l_nat.detach() ** beta,
-                       self.l0_adv, self.l0_nat, self.weight_rate)
-        loss = self.w_adv.clone() * l_adv + self.w_nat.clone() * l_nat
+        state = self.w_adv.dtype     # the code raises the .item() values (float64) to beta
+        mtard_weights_(self.w_adv, self.w_nat, l_adv.detach().to(state) ** beta,
+                       l_nat.detach().to(state) ** beta, self.l0_adv, self.l0_nat, self.weight_rate)
+        loss = (self.w_adv.to(l_adv.dtype, copy=True) * l_adv       # Python float * float32 in the code
+                + self.w_nat.to(l_nat.dtype, copy=True) * l_nat)
         return {"loss": loss, "loss_adv": l_adv.detach(), "loss_nat": l_nat.detach()}
 
     def state_summary(self) -> dict[str, Tensor]:
