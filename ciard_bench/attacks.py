@@ -36,6 +36,7 @@ from torchattacks.attack import Attack
 from ._compat import import_autoattack
 from .checkpoint import atomic_write_json
 from .errors import UserError, choices_error
+from .utils import tensor_sha256
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,10 @@ class AutoAttackAdapter(Attack):
     def _fingerprint(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         keys = ("eps", "norm", "version", "attacks", "seed", "batch_size", "n_iter",
                 "square_n_queries", "apgd_t_n_target_classes", "fab_t_n_target_classes")
-        return {"n": len(labels), "labels_sum": int(labels.sum()),
-                "images_sum": round(float(images.double().sum()), 3),
+        # content hashes, as the evaluation cache: the same points in another order (or any
+        # other points with equal sums) must not resume this state's per-point robust flags
+        return {"n": len(labels), "shape": list(images.shape), "dtype": str(images.dtype),
+                "labels_sha256": tensor_sha256(labels), "images_sha256": tensor_sha256(images),
                 "settings": {k: self.settings[k] for k in keys}}
 
     def _restore(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -286,7 +289,7 @@ class AutoAttackAdapter(Attack):
         if self.state_path is None:
             return
         atomic_write_json(self.state_path, {
-            "format": "ciard-bench/aa-state/1", "fingerprint": self._fingerprint(images, labels),
+            "format": "ciard-bench/aa-state/2", "fingerprint": self._fingerprint(images, labels),
             "done": done, "sub_robust": self.sub_robust,
             "robust_flags": "".join("1" if f else "0" for f in flags.tolist())})
 

@@ -122,6 +122,17 @@ def provenance(device: Any = None, seed: int | None = None) -> dict:
     return info
 
 
+def tensor_sha256(t: Any) -> str:
+    """sha256 of a tensor's values in memory order: any change, including a reordering of the
+    points, changes it (sums and counts do not see a permutation)."""
+    import hashlib
+
+    import torch
+
+    flat = t.detach().cpu().contiguous().reshape(-1)   # the raw bytes: any dtype, also bfloat16
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
 def rng_state(device) -> dict[str, Any]:
     """Every RNG the training step draws from (torch CPU/CUDA, numpy, python) as tensors/lists."""
     import numpy as np

@@ -240,3 +240,32 @@ def test_evaluate_and_robustness_curve_restore_train_modes_also_on_exceptions():
     with pytest.raises(KeyError):       # an attack that does not exist, found mid-curve
         robustness_curve(model, x[:10], y[:10], [0.0], "no_such_attack", batch_size=10)
     assert _modes(model) == before
+
+
+# -- AutoAttack's resume state is bound to the points, in order (issue 12, item 4) --------------------
+
+def test_autoattack_state_does_not_resume_for_the_same_points_in_another_order(tmp_path):
+    from toys import toy
+
+    from ciard_bench.attacks import create_attack
+    from ciard_bench.errors import UserError
+
+    model, x, y = toy(n=20)
+    state = tmp_path / "aa.json"
+
+    def aa():
+        return create_attack("aa", model, eps=8 / 255, state_path=state, version="custom",
+                             attacks=["apgd-ce"], n_iter=3, batch_size=20)
+
+    first = aa()
+    first(x, y)
+    flags = first.robust_flags.clone()
+    assert 0 < int(flags.sum()) < len(y)                  # some points robust, some broken
+    again = aa()
+    again(x, y)                                           # the same points in order: resumed
+    assert again.restored == ["apgd-ce"] and torch.equal(again.robust_flags, flags)
+    perm = torch.roll(torch.arange(len(y)), 1)            # same sums, same count, other order
+    assert not torch.equal(flags[perm], flags)            # resuming would mislabel points
+    assert float(x[perm].double().sum()) == float(x.double().sum()) and int(y[perm].sum()) == int(y.sum())
+    with pytest.raises(UserError, match="other points or settings"):
+        aa()(x[perm], y[perm])

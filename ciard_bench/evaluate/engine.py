@@ -36,7 +36,7 @@ from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, list_attacks
 from ..errors import UserError, choices_error
 from ..faults import kill_point
 from ..methods.pgd import eval_mode
-from ..utils import seed_everything
+from ..utils import seed_everything, tensor_sha256
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
         probe = model(x[:8].to(opt.device)).float().cpu()
     blob = json.dumps({"eps": opt.eps, "seed": opt.seed, "n": len(y), "skip": opt.skip_misclassified,
                        "batch_size": opt.batch_size, "overrides": opt.overrides, "n_classes": opt.n_classes,
-                       "clean": encode_mask(clean_ok), "y": hashlib.sha256(y.numpy().tobytes()).hexdigest(),
-                       "x": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
+                       "clean": encode_mask(clean_ok), "y": tensor_sha256(y), "x": tensor_sha256(x),
                        "probe": [round(v, 4) for v in probe.flatten().tolist()],
                        "source": opt.source is not None}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
