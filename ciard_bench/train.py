@@ -181,9 +181,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
                 bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
+                _accumulate(sums, out, method.log_weights)
                 for k, v in out.items():
                     v = v.detach().float()
-                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v
                     bad_terms[k] = torch.where(newly_bad, v, bad_terms.get(k, v))
             n_done += 1
             last_step = i + 1 == n_batches
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         all_reduce_mean(sums, d)
         record = {"epoch": epoch, "lr": lr, "steps": n_done,
                   **{f"teacher_lr_{t.name}": t.lr_at(epoch) for t in trainings},
-                  **{k: (v / max(n_done, 1)).item() for k, v in sums.items()},
+                  **_epoch_means(sums, n_done, method.log_weights),
                   **{k: float(v) for k, v in method.state_summary().items()}}
         best = None
         if d.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
@@ -220,6 +220,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     barrier(d)
     teardown(d)
     return result
+
+
+def _accumulate(sums: dict[str, Any], out: dict[str, Any], weights: dict[str, str]) -> None:
+    """Add one step's terms to the epoch sums on the device; a term with a weight (the
+    method's ``log_weights``) adds value * weight, so its mean covers only weighted steps."""
+    for k, v in out.items():
+        v = v.detach().float()
+        if k in weights:
+            v = v * out[weights[k]].detach().float()
+        sums[k] = sums[k] + v if k in sums else v.clone()
+
+
+def _epoch_means(sums: dict[str, Any], n_steps: int, weights: dict[str, str]) -> dict[str, float | None]:
+    """Per-step means of the logged terms; a weighted term is sum(value * w) / sum(w), or None
+    when no step had weight (JSON null: no value, rather than a made-up one)."""
+    means: dict[str, float | None] = {}
+    for k, v in sums.items():
+        if k in weights:
+            total = float(sums[weights[k]])
+            means[k] = float(v) / total if total > 0 else None
+        else:
+            means[k] = float(v) / max(n_steps, 1)
+    return means
 
 
 def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:

@@ -269,3 +269,37 @@ def test_autoattack_state_does_not_resume_for_the_same_points_in_another_order(t
     assert float(x[perm].double().sum()) == float(x.double().sum()) and int(y[perm].sum()) == int(y.sum())
     with pytest.raises(UserError, match="other points or settings"):
         aa()(x[perm], y[perm])
+
+
+# -- CIARD's logged push scale covers only steps with a non-empty push set (issue 12, item 5) --------
+
+def test_logged_push_scale_averages_only_steps_with_a_non_empty_push_set(tmp_path, monkeypatch):
+    from ciard_bench.config import TrainConfig
+    from ciard_bench.methods.ciard import CIARD
+    from ciard_bench.train import train
+
+    # a clean teacher that always answers class 0: the push set of a step is its points with y != 0
+    torch.manual_seed(0)
+    always_zero = create_model("resnet8", 10)
+    with torch.no_grad():
+        always_zero.fc.weight.zero_()
+        always_zero.fc.bias.copy_(torch.arange(10, 0, -1).float())
+    save_model_file(always_zero, {"name": "resnet8", "num_classes": 10}, tmp_path / "zero.pt")
+    save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10}, tmp_path / "r.pt")
+    steps = []                                       # what each step returned, read as it happens
+    real_forward = CIARD.forward
+    monkeypatch.setattr(CIARD, "forward", lambda self, x, y: steps.append(
+        (int((y != 0).sum()), real_forward(self, x, y))) or steps[-1][1])
+    cfg = TrainConfig(method="ciard", dataset="digits", n_train=10, n_test=8, student="resnet8",
+                      clean_teacher=str(tmp_path / "zero.pt"), robust_teacher=str(tmp_path / "r.pt"),
+                      epochs=1, batch_size=1, attack_steps=1, eval_batch_size=8, device="cpu",
+                      out=str(tmp_path / "run"))
+    train(cfg)
+    record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert len(steps) == 10 and sorted(n for n, _ in steps) == [0] + [1] * 9   # one empty step
+    empty = next(out for n, out in steps if n == 0)
+    assert empty["loss_push"].item() == 0.0
+    assert empty["push_scale"].item() >= 1e3         # 10 ** (order - log10 1e-7): meaningless here
+    active = [out["push_scale"].item() for n, out in steps if n]
+    assert record["push_scale"] == pytest.approx(sum(active) / 9, rel=1e-6)
+    assert empty["push_active"].item() == 0.0 and record["push_active"] == pytest.approx(0.9)

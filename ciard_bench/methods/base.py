@@ -61,6 +61,10 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     teachers: ClassVar[tuple[str, ...]] = ()        # roles: "clean_teacher", "robust_teacher"
     train_defaults: ClassVar[dict[str, Any]] = {}   # epochs, batch_size, schedule, ... as released
+    # logged term -> per-step weight term: the epoch log averages the term only over the steps
+    # the weight covers (sum(value * weight) / sum(weight)), e.g. a scale that has no meaning
+    # on steps where what it scales is empty
+    log_weights: ClassVar[dict[str, str]] = {}
 
     @dataclass
     class Options:

@@ -47,6 +47,9 @@ class CIARD(Method):
     teachers = ("clean_teacher", "robust_teacher")
     train_defaults = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
                       "weight_decay": 2e-4, "schedule": "ciard_released"}
+    # push_scale multiplies a zero loss when the push set is empty: log it only over the steps
+    # with a non-empty set; the epoch mean of push_active is the share of such steps
+    log_weights = {"push_scale": "push_active"}
 
     @dataclass
     class Options:
@@ -150,7 +153,8 @@ class CIARD(Method):
                                 F.softmax(z_na, dim=1), wrong)
             scale = magnitude_scale(l_adv, l_nat, l_push)
             loss = loss - o.lambda_push * scale * l_push
-            out.update(loss_push=l_push, push_scale=scale, push_fraction=wrong.float().mean())
+            out.update(loss_push=l_push, push_scale=scale, push_fraction=wrong.float().mean(),
+                       push_active=wrong.any().float())
         if self.itt_active:
             out["robust_teacher_loss"] = F.cross_entropy(z_ta, y)
         if self.decay_every_batch:                   # released quirk, see rate_decay
