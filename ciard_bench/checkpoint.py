@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -81,9 +82,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (RFC 8259): NaN and +-inf, which JSON has no numbers for (Python would write
+    the non-standard ``NaN``/``Infinity`` that strict parsers reject), are written as null."""
+    return json.dumps(_finite_or_null(obj), indent=indent, default=str, allow_nan=False)
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write ``obj`` as indented strict JSON (see :func:`json_text`), atomically."""
+    atomic_write_text(path, json_text(obj) + "\n")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .utils import parse_eps, parse_fraction
+from .utils import finite, parse_eps, parse_fraction
 
 AMP_MODES = ("none", "bf16", "fp16")
 PROTOCOLS = ("released", "shared")
@@ -21,6 +21,9 @@ SHARED_PROTOCOL = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
 _FALLBACK = {"epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
              "weight_decay": 2e-4, "schedule": "multistep", "nesterov": False}
 OPTIM_KEYS = tuple(_FALLBACK)
+_ACCEPTED = {"lr": "a finite number > 0", "momentum": "a finite number >= 0",
+             "weight_decay": "a finite number >= 0", "eps": "a radius in (0, 1], e.g. 8/255",
+             "alpha": "a step in (0, 1], e.g. 2/255"}
 
 
 @dataclass
@@ -90,8 +93,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     for key in ("n_train", "n_test"):
         if getattr(out, key) is not None and int(getattr(out, key)) <= 0:
             raise UserError(f"{key.replace('_', '-')} {getattr(out, key)} must be > 0")
+    for f in dataclasses.fields(out):   # NaN passes every comparison below: reject it first
+        value = getattr(out, f.name)
+        if isinstance(value, float):
+            finite(value, f.name.replace("_", "-"), _ACCEPTED.get(f.name, "a finite number"))
     if out.lr <= 0:
-        raise UserError(f"lr {out.lr} must be > 0")
+        raise UserError(f"lr {out.lr} must be > 0; accepted: {_ACCEPTED['lr']}")
+    for key in ("momentum", "weight_decay"):
+        if getattr(out, key) < 0:
+            raise UserError(f"{key.replace('_', '-')} {getattr(out, key)} must be >= 0; "
+                            f"accepted: {_ACCEPTED[key]}")
     parse_eps(out.eps, "eps")
     parse_eps(out.alpha, "alpha")
     if out.amp not in AMP_MODES:

@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import (atomic_write_json, atomic_write_text, json_text, load_checkpoint,
+                         save_checkpoint)
 from .errors import UserError
 
 
@@ -73,7 +74,7 @@ class RunDir:
         self._commit(state)
 
     def write_log(self, log: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.root / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+        atomic_write_text(self.root / "log.jsonl", "".join(json_text(r, indent=None) + "\n" for r in log))
 
     def load(self, which: str = "last") -> dict[str, Any] | None:
         """The current ``last``/``best`` checkpoint, sha256-verified; None when there is none."""

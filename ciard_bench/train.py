@@ -34,6 +34,10 @@ class NonFiniteLoss(UserError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
+class NonFiniteWeights(UserError):
+    """A trained model's weights became NaN/inf; nothing is written, the last good checkpoint is kept."""
+
+
 def _training_state(run: Run, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
     return {"format": FORMAT, "arch": _arch(run), "state_dict": run.method.student.state_dict(),
             "epoch": epoch, "step": step, "method_state": run.method.checkpoint_state(),
@@ -143,6 +147,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     train_ds = ArrayDataset(run.data.x_train, run.data.y_train, augment=True, seed=cfg.seed)
 
     def save(epoch: int, step: int, best: dict | None, sums: dict) -> None:
+        _raise_if_weights_bad(run, epoch, step)     # every rank: their replicas are equal
         rng = gather(rng_state(device), d)          # collective: every rank takes part
         if d.is_main:
             extra = {"history": history, "best_wr": best_wr, "partial": sums}
@@ -243,6 +248,26 @@ def _epoch_means(sums: dict[str, Any], n_steps: int, weights: dict[str, str]) ->
         else:
             means[k] = float(v) / max(n_steps, 1)
     return means
+
+
+def _raise_if_weights_bad(run: Run, epoch: int, step: int) -> None:
+    """Before any checkpoint: the student's and every trained teacher's parameters and buffers
+    are finite (the loss guard misses weights that overflow in an epoch's last step)."""
+    import torch
+
+    trained = [t.name for t in run.method.teacher_trainings()]
+    for name in ["student", *trained]:
+        tensors = [t.detach() for t in (*getattr(run.method, name).parameters(),
+                                         *getattr(run.method, name).buffers()) if t.is_floating_point()]
+        if not tensors:
+            continue
+        bad = int(torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).sum())   # one sync
+        if bad:
+            where = f"epoch {epoch}" + (f" step {step}" if step else "")
+            raise NonFiniteWeights(f"the {name.replace('_', ' ')} has {bad:,} non-finite weights of "
+                                   f"{sum(t.numel() for t in tensors):,} after {where}; stopped "
+                                   "without writing a checkpoint, the last good checkpoint is kept "
+                                   "(a smaller --lr or --weight-decay?)")
 
 
 def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:

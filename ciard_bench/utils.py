@@ -1,6 +1,7 @@
 """Small shared helpers: eps parsing, device resolution, seeding, provenance."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 import random
@@ -15,12 +16,19 @@ from .errors import UserError
 def parse_fraction(text: str | float | int, what: str = "value") -> float:
     """Parse ``"8/255"``, ``"0.031"`` or a number, with ``fractions.Fraction`` (never ``eval``)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
+        return finite(float(text), what)
     try:
-        return float(Fraction(str(text).strip()))
+        return float(Fraction(str(text).strip()))   # "nan" and "inf" are not fractions
     except (ValueError, ZeroDivisionError) as err:
         raise UserError(f"{what} {text!r} is not a number; accepted: a float or a fraction "
                         "like 8/255") from err
+
+
+def finite(value: float, what: str = "value", accepted: str = "a finite number") -> float:
+    """``value`` if it is a finite number, else a one-line ``UserError`` naming it."""
+    if not math.isfinite(value):
+        raise UserError(f"{what} {value!r} is not a finite number; accepted: {accepted}")
+    return value
 
 
 def parse_eps(text: str | float, what: str = "eps", allow_zero: bool = False) -> float:

@@ -303,3 +303,125 @@ def test_logged_push_scale_averages_only_steps_with_a_non_empty_push_set(tmp_pat
     active = [out["push_scale"].item() for n, out in steps if n]
     assert record["push_scale"] == pytest.approx(sum(active) / 9, rel=1e-6)
     assert empty["push_active"].item() == 0.0 and record["push_active"] == pytest.approx(0.9)
+
+
+# -- non-finite settings, non-finite weights, strict JSON (issue 12, item 6) ------------------------
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--method", "sat", "--lr", "nan"], "lr nan is not a finite number"),
+    (["--method", "sat", "--lr", "inf"], "lr inf is not a finite number"),
+    (["--method", "sat", "--momentum", "nan"], "momentum nan is not a finite number"),
+    (["--method", "sat", "--weight-decay=-inf"], "weight-decay -inf is not a finite number"),
+    (["--method", "sat", "--weight-decay=-1"], "weight-decay -1.0 must be >= 0"),
+    (["--method", "sat", "--eps", "nan"], "eps 'nan' is not a number"),
+    (["--method", "sat", "--alpha", "inf"], "alpha 'inf' is not a number"),
+    (["--method", "ciard", "--temp-rate", "nan"], "--temp-rate: invalid parse_fraction value: 'nan'"),
+])
+def test_non_finite_settings_are_one_line_errors_and_write_nothing(tmp_path, capsys, argv, needle):
+    from ciard_bench.train import main
+
+    out = tmp_path / "run"
+    try:
+        code = main([*argv, "--dataset", "digits", "--n-train", "16", "--n-test", "8", "--epochs", "1",
+                     "--batch-size", "16", "--student", "resnet8", "--attack-steps", "1",
+                     "--device", "cpu", "--out", str(out)])
+    except SystemExit as exit_:                              # argparse rejects the option itself
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_non_finite_settings_through_the_api_and_config_files(tmp_path):
+    from ciard_bench.config import TrainConfig, config_from_args, resolve
+    from ciard_bench.errors import UserError
+    from ciard_bench.train import _parser
+
+    for bad in ({"lr": float("nan")}, {"momentum": float("inf")}, {"eps": float("nan")},
+                {"alpha": float("-inf")}, {"method_options": {"temp_rate": float("nan")}}):
+        with pytest.raises(UserError, match="not a finite number"):
+            resolve(TrainConfig(method="ciard", **bad))
+    (tmp_path / "c.yaml").write_text("lr: .nan\n")
+    with pytest.raises(UserError, match="lr nan is not a finite number; accepted: a finite number > 0"):
+        resolve(config_from_args(_parser("sat").parse_args(["--config", str(tmp_path / "c.yaml")])))
+
+
+def test_weights_that_overflow_in_the_last_step_stop_the_run_before_any_checkpoint(tmp_path, capsys):
+    from ciard_bench.train import main
+
+    # lr * weight_decay * w overflows float32 in the only step: the loss of that step is finite
+    out = tmp_path / "run"
+    argv = ["--method", "sat", "--dataset", "digits", "--n-train", "16", "--n-test", "8",
+            "--student", "resnet8", "--epochs", "1", "--batch-size", "16", "--attack-steps", "1",
+            "--lr", "1e10", "--weight-decay", "1e30", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the student has ") and "non-finite weights" in err
+    assert not (out / "checkpoints").exists() and not (out / "run.json").exists()
+
+
+def test_an_itt_teacher_going_non_finite_keeps_the_last_good_checkpoint(tmp_path, run_args, capsys):
+    from ciard_bench.train import main
+
+    # ITT trains the robust teacher from epoch 2 on (one step per epoch); its huge weight decay
+    # overflows its weights in that step, after the student's step of a finite loss
+    out = tmp_path / "run"
+    argv = [*run_args, "--n-train", "16", "--batch-size", "16", "--epochs", "3",
+            "--teacher-lr", "1e10", "--teacher-weight-decay", "1e30", "--out", str(out)]
+    for attempt in range(2):                                 # the resumed run stops the same way
+        assert main(argv + (["--resume"] if attempt else [])) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: the robust teacher has ") and "after epoch 2;" in err, err
+        state = RunDir(out).read_state()
+        assert state["last"]["epoch"] == 1 and state["best"]["epoch"] == 1
+        last = RunDir(out).load("last")                      # sha256-verified, complete
+        assert all(torch.isfinite(v).all() for v in last["method_state"].values()
+                   if v.is_floating_point() and not v.isnan().all())  # l0_*: NaN until step 1
+        assert len((out / "log.jsonl").read_text().splitlines()) == 1
+        assert not (out / "result.json").exists()
+
+
+def _strict(text):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_written_is_strict_json(tmp_path, run_args):
+    from ciard_bench import evaluate as evaluate_cli
+    from ciard_bench.checkpoint import atomic_write_json
+    from ciard_bench.runs import RunDir
+
+    atomic_write_json(tmp_path / "nan.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert _strict((tmp_path / "nan.json").read_text()) == {"a": None, "b": [None, 1.5]}
+    RunDir(tmp_path / "r").write_log([{"epoch": 1, "lr": float("nan")}])
+    assert _strict((tmp_path / "r" / "log.jsonl").read_text()) == {"epoch": 1, "lr": None}
+    # a small CIARD run and an evaluation with AutoAttack and the sanity sweep
+    out = tmp_path / "run"
+    assert _train(run_args + ["--epochs", "1", "--loss-weights", "mtard_adaptive",
+                              "--out", str(out)]).returncode == 0
+    assert evaluate_cli.main(["--checkpoint", str(out), "--dataset", "digits", "--n-examples", "12",
+                              "--attacks", "fgsm,aa", "--aa-attacks", "apgd-ce", "--sanity-examples", "4",
+                              "--aa-state", str(tmp_path / "aa.json"), "--device", "cpu",
+                              "--out", str(tmp_path / "eval.json")]) == 0
+    files = [p for p in tmp_path.rglob("*.json*") if p.name not in ("nan.json", "log.jsonl")
+             or p.parent == out]
+    assert {"run.json", "config.json", "result.json", "log.jsonl", "eval.json", "aa.json"} <= {p.name for p in files}
+    for path in files:
+        for line in (path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]):
+            _strict(line)
+
+
+def test_metrics_of_no_points_are_refused_rather_than_written_as_nan():
+    from toys import toy
+
+    from ciard_bench.errors import UserError
+    from ciard_bench.evaluate import evaluate, robustness_curve
+
+    model, x, y = toy(n=10)
+    with pytest.raises(UserError, match="no points"):
+        robustness_curve(model, x[:0], y[:0], [0.0, 8 / 255], "fgsm")
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        evaluate(model, x, y, ["fgsm"], sanity_examples=0)
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        evaluate(model, x[:0], y[:0], ["fgsm"], expensive_checks=False)

@@ -238,6 +238,8 @@ def robustness_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``max(protocol step, step_scale * eps / steps)`` so that large radii are reachable.
     """
     device = device if device is not None else _model_device(model)
+    if len(y) == 0:   # an accuracy of no points is no number (it would be NaN in the JSON)
+        raise UserError("robustness_curve: no points given; accepted: at least one point")
     clean_ok = predict(model, x, batch_size, device) == y
     n_classes = n_classes or int(model(x[:1].to(device)).shape[1])
     accs, settings = [], []
@@ -321,6 +323,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     names = resolve_attacks(attacks, with_source=source is not None)
     # contiguous: a permuted (channels-last) batch gives gradients pyautoattack cannot .view()
     x, y = x.detach().cpu().float().contiguous(), y.detach().cpu().long()
+    if len(y) == 0 or (expensive_checks and sanity_examples < 1):
+        raise UserError(f"nothing to evaluate: {len(y)} points, sanity_examples {sanity_examples}; "
+                        "accepted: at least one point (and sanity_examples >= 1 with expensive checks)")
     with torch.no_grad():
         width = int(model(x[:1].to(device)).shape[1])
     if n_classes is not None and width != n_classes:

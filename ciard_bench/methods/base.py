@@ -23,6 +23,7 @@ The engine knows nothing about any particular method.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -174,6 +175,9 @@ def make_options(cls: type[Method], values: dict[str, Any] | None) -> Method.Opt
         raise UserError(f"unknown option {unknown[0]!r} for method {cls.name!r}; accepted: "
                         f"{', '.join(sorted(fields)) or '(none)'}")
     for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key} {value!r} is not a finite number for method {cls.name!r}; "
+                            "accepted: a finite number")
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
             raise UserError(f"{key} {value!r} is not valid for method {cls.name!r}; "
