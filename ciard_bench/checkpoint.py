@@ -12,15 +12,16 @@ code) into a one-line :class:`~ciard_bench.errors.UserError`.
 """
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import io
 import json
 import math
 import os
 import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import UserError
 from .faults import kill_point
@@ -50,31 +51,64 @@ def create_temporary(path: str | os.PathLike) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {str(path)!r}")
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: the old file stays whole until the new one is.
+
+    Any failure (a full disk above all) removes the temporary file and raises a one-line
+    ``UserError`` naming the path (and, for a full disk, the space left).
+    """
     path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = create_temporary(path)
-    except OSError as err:
-        raise UserError(f"cannot write to {str(path.parent)!r}: {err.strerror}; "
-                        "choose a writable output folder") from err
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)                # a full disk may only show here (or at close)
+        finally:
+            os.close(fd)
         kill_point("atomic_write")      # tests: a kill between writing and renaming
         os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)                    # before measuring the space left: it frees what it held
+        raise _write_error(path, err) from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with _atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _write_error(path: Path, err: OSError) -> UserError:
+    reason = err.strerror or str(err)
+    if err.errno in _DISK_FULL:
+        try:
+            free = f"{_size(shutil.disk_usage(path.parent).free)} free"
+        except OSError:
+            free = "free space unknown"
+        return UserError(f"cannot write {str(path)!r}: {reason} ({free} in {str(path.parent)!r}); "
+                         "the previous files are intact: free some space and run the command "
+                         "again (a training run continues with --resume)")
+    return UserError(f"cannot write {str(path)!r}: {reason}; choose a writable output folder")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

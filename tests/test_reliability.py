@@ -425,3 +425,52 @@ def test_metrics_of_no_points_are_refused_rather_than_written_as_nan():
         evaluate(model, x, y, ["fgsm"], sanity_examples=0)
     with pytest.raises(UserError, match="nothing to evaluate"):
         evaluate(model, x[:0], y[:0], ["fgsm"], expensive_checks=False)
+
+
+# -- a full disk while writing a checkpoint or the result (issue 12, item 7) ------------------------
+
+@pytest.mark.parametrize("target", ["checkpoint", "result"])
+def test_disk_full_mid_write_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch, target):
+    import errno
+
+    from ciard_bench import checkpoint
+    from ciard_bench.train import main
+
+    argv = ["--method", "sat", "--dataset", "digits", "--n-train", "16", "--n-test", "8",
+            "--student", "resnet8", "--epochs", "2", "--batch-size", "16", "--attack-steps", "1",
+            "--eval-batch-size", "8", "--device", "cpu"]
+    assert main(argv + ["--out", str(tmp_path / "straight")]) == 0
+    capsys.readouterr()
+
+    real_write, written = checkpoint._write_all, []
+
+    def disk_full(fd, data):          # the device fills up halfway through the file
+        is_target = (data[:2] == b"PK" and len([d for d in written if d[:2] == b"PK"]) >= 2
+                     if target == "checkpoint" else b'"max_parameter_difference' in data)
+        written.append(bytes(data[:2]))
+        if is_target:
+            real_write(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+
+    monkeypatch.setattr(checkpoint, "_write_all", disk_full)
+    out = tmp_path / "full"
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = "last-e0002-s000000.pt" if target == "checkpoint" else "result.json"
+    assert err[-1].startswith(f"error: cannot write '{out}/") and name in err[-1], err[-1]
+    assert "No space left on device" in err[-1] and " free in " in err[-1]
+    assert not [p for p in out.rglob("*.tmp")]                  # the half-written file is gone
+    state = RunDir(out).read_state()
+    assert state["last"]["epoch"] == (1 if target == "checkpoint" else 2)
+    RunDir(out).load("last")                                    # complete, sha256-verified
+    monkeypatch.undo()
+    assert main(argv + ["--out", str(out), "--resume"]) == 0
+    a, b = RunDir(tmp_path / "straight").load("last"), RunDir(out).load("last")
+    for key in ("state_dict", "optimizer", "rng", "best_wr"):
+        _same(a[key], b[key], key)
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+                          for line in (path / "log.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "straight") == strip(out)
+    assert json.loads((out / "result.json").read_text())["last"] == \
+        json.loads((tmp_path / "straight" / "result.json").read_text())["last"]

@@ -154,6 +154,8 @@ def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         with os.fdopen(fd, "wb") as fh:  # a file object, so numpy does not append ".npz"
             np.savez(fh, **arrays)
         os.replace(tmp, path)
+    except OSError as err:           # a full disk: the data is in memory, only the cache is lost
+        log.warning("cannot cache the decoded images in %s (%s); decoding again next time", path, err)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
