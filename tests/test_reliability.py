@@ -474,3 +474,65 @@ def test_disk_full_mid_write_is_one_line_and_the_run_resumes(tmp_path, capsys, m
     assert strip(tmp_path / "straight") == strip(out)
     assert json.loads((out / "result.json").read_text())["last"] == \
         json.loads((tmp_path / "straight" / "result.json").read_text())["last"]
+
+
+# -- a killed evaluation of a whole grid (issue 12, item 8) ------------------------------------------
+
+TINY_GRID = ["--preset", "smoke", "--students", "resnet18", "--methods", "sat", "--epochs", "1",
+             "--teacher-epochs", "1", "--n-train", "64", "--n-test", "16", "--n-examples", "16",
+             "--sanity-examples", "8", "--threads", "1", "--device", "cpu", "--no-figures", "--verbose"]
+
+
+def _tables(results, kill_at=None):
+    env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_KILL_AT"}
+    if kill_at:
+        env["CIARD_BENCH_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "ciard_bench.tables", *TINY_GRID,
+                           "--results-dir", str(results)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_grid_killed_while_evaluating_cells_resumes_with_the_same_numbers_and_no_duplicates(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _tables(straight)
+    assert done.returncode == 0, done.stderr[-800:]
+    cells = [c["id"] for c in json.loads((straight / "grid.json").read_text())["cells"]]
+    n_attacks = {c: len(json.loads((straight / "runs" / c / "eval-best.json").read_text())["attacks"])
+                 for c in cells}
+    first, second, student = cells              # clean teacher, robust teacher, the SAT student
+    assert student.endswith("/sat") and n_attacks[first] > 2
+
+    # killed after the first cell's 2nd attack, then after the student's 2nd attack (SIGKILL)
+    proc = _tables(killed, kill_at="attack_done:2")
+    assert proc.returncode == -9, proc.stderr[-800:]
+    partial = killed / "runs" / first / "eval-best.json.partial.json"
+    assert len(json.loads(partial.read_text())["attacks"]) == 2
+    proc = _tables(killed, kill_at=f"attack_done:{n_attacks[first] - 2 + n_attacks[second] + 2}")
+    assert proc.returncode == -9, proc.stderr[-800:]
+    assert "(cached in" in proc.stderr                           # the first cell's 2 attacks reused
+    assert not partial.exists() and (killed / "runs" / first / "eval-best.json").is_file()
+    partial = killed / "runs" / student / "eval-best.json.partial.json"
+    assert len(json.loads(partial.read_text())["attacks"]) == 2
+    assert (killed / "runs" / student / "result.json").is_file()   # trained, evaluation partial
+    assert not (killed / "runs" / student / "eval-best.json").exists()
+    proc = _tables(killed)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert proc.stderr.count("(cached in") == 2 and "trained 0, evaluated 1" in proc.stdout
+
+    def tables(root):
+        return {p.name: p.read_text() for p in root.glob("table*.csv")}
+    assert tables(killed) == tables(straight) and len(tables(straight)) >= 3
+    for cell in cells:
+        a, b = (json.loads((root / "runs" / cell / "eval-best.json").read_text())
+                for root in (straight, killed))
+        assert _strip_volatile(a["attacks"]) == _strip_volatile(b["attacks"]), cell
+        assert a["clean"] == b["clean"] and a["robustness_curve"] == b["robustness_curve"], cell
+        log = (killed / "runs" / cell / "log.jsonl").read_text().splitlines()
+        assert [json.loads(r)["epoch"] for r in log] == [1]       # one row per epoch, no repeats
+    grid_a, grid_b = (json.loads((root / "grid.json").read_text()) for root in (straight, killed))
+    assert [c["id"] for c in grid_b["cells"]] == cells and grid_b["counts"] == grid_a["counts"]
+    assert len(grid_b["runs"]) == len(grid_a["runs"]) == 1    # killed invocations record nothing
+    for csv in tables(killed).values():                         # a repeated cell = a repeated line
+        assert len(csv.splitlines()) == len(set(csv.splitlines())), csv
+    leftovers = [p.name for p in killed.rglob("*") if p.name.endswith((".tmp", ".partial.json"))]
+    assert not leftovers, leftovers

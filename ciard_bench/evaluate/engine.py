@@ -191,11 +191,14 @@ def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
 
     with torch.no_grad():
         probe = model(x[:8].to(opt.device)).float().cpu()
+        # the transfer attacks' examples depend on the source model: probe it too
+        source = None if opt.source is None else opt.source(x[:8].to(opt.device)).float().cpu()
     blob = json.dumps({"eps": opt.eps, "seed": opt.seed, "n": len(y), "skip": opt.skip_misclassified,
                        "batch_size": opt.batch_size, "overrides": opt.overrides, "n_classes": opt.n_classes,
                        "clean": encode_mask(clean_ok), "y": tensor_sha256(y), "x": tensor_sha256(x),
                        "probe": [round(v, 4) for v in probe.flatten().tolist()],
-                       "source": opt.source is not None}, sort_keys=True, default=str)
+                       "source": None if source is None else [round(v, 4) for v in source.flatten().tolist()]},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

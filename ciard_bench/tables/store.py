@@ -6,6 +6,9 @@ A cell's folder ``<results>/runs/<cell id>/`` is a training run folder of the en
     eval-<best|last>.json   the evaluation suite's result for that checkpoint, with the
                             ``tables_key`` it was made for (attacks, points, settings,
                             checkpoint sha256); a different key means "evaluate again"
+    eval-<which>.json.partial.json  the attacks finished so far while that evaluation runs
+                            (a killed evaluation resumes after its last finished attack;
+                            removed once eval-<which>.json is written)
     aa-state-<which>.json   AutoAttack's resume file
     cell.json               wall-clock seconds spent training / evaluating it here
 
@@ -162,19 +165,23 @@ def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     if any(a.startswith("transfer_") for a in cell.attacks):
         source = _model(grid, grid.by_id()[cell.source], "best", data.num_classes, device)
     key = eval_key(grid, cell, which)
+    out = eval_path(grid, cell, which)
+    RunDir(out.parent).clean_temporaries()      # left by a writer killed mid-write
+    cache = out.with_name(out.name + ".partial.json")
     start = time.perf_counter()
     result = evaluate(model, x, y, list(cell.attacks), key["eps"], batch_size=p.eval_batch_size,
                       seed=p.seed, n_classes=data.num_classes, device=device, source=source,
                       expensive_checks=cell.kind != "ablation",
                       sanity_examples=p.sanity_examples,
                       aa_state=grid.run_dir(cell) / f"aa-state-{which}.json",
-                      overrides=key["overrides"])
+                      overrides=key["overrides"], cache=cache)
     seconds = time.perf_counter() - start
     result.update({"cell": cell.id, "dataset": cell.dataset, "row": cell.row,
                    "checkpoint": which if cell.kind != "teacher" else "best",
                    "source_cell": cell.source if source is not None else None,
                    "tables_key": key, "provenance": provenance(device, p.seed)})
-    atomic_write_json(eval_path(grid, cell, which), result)
+    atomic_write_json(out, result)
+    cache.unlink(missing_ok=True)
     _record_timing(grid, cell, eval_s=seconds)
     return seconds
 
