@@ -22,6 +22,7 @@ from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradien
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .runs import RunDir, check_writable
+from .bookkeeping import NonFiniteWeights, accumulate, epoch_means, raise_if_weights_bad  # noqa: F401
 from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
 from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -32,10 +33,6 @@ LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-class NonFiniteWeights(UserError):
-    """A trained model's weights became NaN/inf; nothing is written, the last good checkpoint is kept."""
 
 
 def _training_state(run: Run, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +144,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     train_ds = ArrayDataset(run.data.x_train, run.data.y_train, augment=True, seed=cfg.seed)
 
     def save(epoch: int, step: int, best: dict | None, sums: dict) -> None:
-        _raise_if_weights_bad(run, epoch, step)     # every rank: their replicas are equal
+        raise_if_weights_bad(run, epoch, step)      # every rank: their replicas are equal
         rng = gather(rng_state(device), d)          # collective: every rank takes part
         if d.is_main:
             extra = {"history": history, "best_wr": best_wr, "partial": sums}
@@ -186,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
                 bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
-                _accumulate(sums, out, method.log_weights)
+                accumulate(sums, out, method.log_weights)
                 for k, v in out.items():
                     v = v.detach().float()
                     bad_terms[k] = torch.where(newly_bad, v, bad_terms.get(k, v))
@@ -203,7 +200,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         all_reduce_mean(sums, d)
         record = {"epoch": epoch, "lr": lr, "steps": n_done,
                   **{f"teacher_lr_{t.name}": t.lr_at(epoch) for t in trainings},
-                  **_epoch_means(sums, n_done, method.log_weights),
+                  **epoch_means(sums, n_done, method.log_weights),
                   **{k: float(v) for k, v in method.state_summary().items()}}
         best = None
         if d.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
@@ -225,49 +222,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     barrier(d)
     teardown(d)
     return result
-
-
-def _accumulate(sums: dict[str, Any], out: dict[str, Any], weights: dict[str, str]) -> None:
-    """Add one step's terms to the epoch sums on the device; a term with a weight (the
-    method's ``log_weights``) adds value * weight, so its mean covers only weighted steps."""
-    for k, v in out.items():
-        v = v.detach().float()
-        if k in weights:
-            v = v * out[weights[k]].detach().float()
-        sums[k] = sums[k] + v if k in sums else v.clone()
-
-
-def _epoch_means(sums: dict[str, Any], n_steps: int, weights: dict[str, str]) -> dict[str, float | None]:
-    """Per-step means of the logged terms; a weighted term is sum(value * w) / sum(w), or None
-    when no step had weight (JSON null: no value, rather than a made-up one)."""
-    means: dict[str, float | None] = {}
-    for k, v in sums.items():
-        if k in weights:
-            total = float(sums[weights[k]])
-            means[k] = float(v) / total if total > 0 else None
-        else:
-            means[k] = float(v) / max(n_steps, 1)
-    return means
-
-
-def _raise_if_weights_bad(run: Run, epoch: int, step: int) -> None:
-    """Before any checkpoint: the student's and every trained teacher's parameters and buffers
-    are finite (the loss guard misses weights that overflow in an epoch's last step)."""
-    import torch
-
-    trained = [t.name for t in run.method.teacher_trainings()]
-    for name in ["student", *trained]:
-        tensors = [t.detach() for t in (*getattr(run.method, name).parameters(),
-                                         *getattr(run.method, name).buffers()) if t.is_floating_point()]
-        if not tensors:
-            continue
-        bad = int(torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).sum())   # one sync
-        if bad:
-            where = f"epoch {epoch}" + (f" step {step}" if step else "")
-            raise NonFiniteWeights(f"the {name.replace('_', ' ')} has {bad:,} non-finite weights of "
-                                   f"{sum(t.numel() for t in tensors):,} after {where}; stopped "
-                                   "without writing a checkpoint, the last good checkpoint is kept "
-                                   "(a smaller --lr or --weight-decay?)")
 
 
 def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
