@@ -31,12 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schedules import cos_exp_decay
+from ..schedules import block_mean, cos_exp_decay
 from .base import Method, TeacherTraining, milestone, option, register_method, scalar_state
 from .losses import entropy_balance_, kle, magnitude_scale, masked_kle, mtard_weights_, neg_entropy
 from .pgd import eval_mode, pgd
 
 RATE_MILESTONES = (215, 260, 285)   # of 300 epochs: temperature/weight rates x0.1
+RELEASED_EPOCHS = 300
+ITT_START = 50                      # of 300 epochs: ITT trains the robust teacher after it
 
 
 @register_method
@@ -79,7 +81,10 @@ class CIARD(Method):
     def __init__(self, student, teachers, ctx, options=None):
         super().__init__(student, teachers, ctx, options)
         o = self.opts
-        self.itt_start = o.itt_start_epoch if o.itt_start_epoch is not None else milestone(50, ctx.epochs)
+        self.itt_start = o.itt_start_epoch if o.itt_start_epoch is not None else milestone(ITT_START, ctx.epochs)
+        # the start on the released 300-epoch scale, for the ITT rate of shorter runs
+        self.itt_start_300 = (ITT_START if o.itt_start_epoch is None
+                              else o.itt_start_epoch * RELEASED_EPOCHS / ctx.epochs)
         self.rate_epochs = sorted({milestone(m, ctx.epochs) for m in RATE_MILESTONES})
         for name, value in (("tau_a", 1.0), ("tau_n", 1.0), ("temp_rate", o.temp_rate),
                             ("weight_rate", o.weight_rate), ("w_adv", 0.5), ("w_nat", 0.5),
@@ -104,8 +109,23 @@ class CIARD(Method):
             return []
         start, end, base = self.itt_start, self.ctx.epochs, self.opts.teacher_lr
 
-        def lr_at(epoch: int) -> float:
-            return 0.0 if epoch < start else base * cos_exp_decay(epoch, start, end)
+        def released(epoch: float, start: float, end: int) -> float:
+            return 0.0 if epoch <= start else base * cos_exp_decay(epoch, start, end)
+
+        if end >= RELEASED_EPOCHS:
+            def lr_at(epoch: int) -> float:
+                return 0.0 if epoch < start else base * cos_exp_decay(epoch, start, end)
+        else:
+            # A shorter run: each epoch gets the mean ITT rate of the released epochs it stands
+            # for (as the engine's schedules), so no ITT epoch runs at rate 0 and ITT trains
+            # over the same share of the run as epochs 51-300 of 300.
+            start_300 = self.itt_start_300
+
+            def lr_at(epoch: int) -> float:
+                if epoch <= start:
+                    return 0.0
+                return block_mean(lambda j: released(j, start_300, RELEASED_EPOCHS), epoch, end,
+                                  RELEASED_EPOCHS)
 
         return [TeacherTraining("robust_teacher", "robust_teacher_loss", lr_at,
                                 self.opts.teacher_momentum, self.opts.teacher_weight_decay)]
