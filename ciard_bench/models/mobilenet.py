@@ -46,12 +46,15 @@ class _InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """CIFAR MobileNet-V2; ``width_mult`` scales every layer's channels (also the last 1280)."""
+    """CIFAR MobileNet-V2; ``width_mult`` scales every layer's channels (also the last 1280),
+    ``depth_mult`` every stage's number of blocks (at least one each; 1.0 = the released 17)."""
 
-    def __init__(self, num_classes: int = 10, width_mult: float = 1.0):
+    def __init__(self, num_classes: int = 10, width_mult: float = 1.0, depth_mult: float = 1.0):
         super().__init__()
         if not width_mult > 0:
             raise UserError(f"width_mult {width_mult!r} is not valid; accepted: a number > 0")
+        if not depth_mult > 0:
+            raise UserError(f"depth_mult {depth_mult!r} is not valid; accepted: a number > 0")
 
         def scaled(channels: int) -> int:
             return max(1, int(round(channels * width_mult)))
@@ -61,7 +64,7 @@ class MobileNetV2(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_in)
         blocks = []
         for expansion, c_out, num_blocks, stride in _CFG:
-            for i in range(num_blocks):
+            for i in range(max(1, round(num_blocks * depth_mult))):
                 blocks.append(_InvertedResidual(c_in, scaled(c_out), expansion,
                                                 stride if i == 0 else 1))
                 c_in = scaled(c_out)
@@ -86,6 +89,8 @@ def mobilenet_v2(num_classes: int = 10, width_mult: float = 1.0) -> MobileNetV2:
 
 
 @register_model
-def mobilenet_v2_tiny(num_classes: int = 10, width_mult: float = 0.25) -> MobileNetV2:
-    """MobileNet-V2 at width multiplier 0.25: the CPU stand-in for ``mobilenet_v2``."""
-    return MobileNetV2(num_classes=num_classes, width_mult=width_mult)
+def mobilenet_v2_tiny(num_classes: int = 10, width_mult: float = 0.25,
+                      depth_mult: float = 1.0) -> MobileNetV2:
+    """MobileNet-V2 at width multiplier 0.25: the CPU stand-in for ``mobilenet_v2``
+    (``depth_mult`` < 1 keeps fewer blocks per stage, for the CPU presets)."""
+    return MobileNetV2(num_classes=num_classes, width_mult=width_mult, depth_mult=depth_mult)
