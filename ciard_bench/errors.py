@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, NoReturn, Sequence
 
 
@@ -23,8 +24,26 @@ def choices_error(what: str, value: object, accepted: Sequence[str]) -> UserErro
     return UserError(f"unknown {what} {value!r}; accepted: {', '.join(sorted(accepted))}")
 
 
+# Third-party deprecation notices a user can do nothing about, printed at import time by
+# torchattacks/robustbench (torch.jit.*) and robustbench (pkg_resources). Our own warnings
+# (sanity checks, fallbacks) are kept.
+THIRD_PARTY_NOISE = (
+    (FutureWarning, r"`torch\.jit\.\w+` is deprecated"),
+    (UserWarning, r"pkg_resources is deprecated"),
+    (DeprecationWarning, r"pkg_resources|Deprecated call to `pkg_resources"),
+    (DeprecationWarning, r"Importing from timm\.models"),   # robustbench imports old timm paths
+)
+
+
+def quiet_third_party_warnings() -> None:
+    """Filter :data:`THIRD_PARTY_NOISE` (entry points and worker processes call this first)."""
+    for category, pattern in THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+
+
 def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run an entry point, mapping ``UserError`` to one line on stderr and exit code 2."""
+    quiet_third_party_warnings()
     try:
         code = run(argv)
     except UserError as err:

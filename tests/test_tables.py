@@ -23,9 +23,10 @@ from ciard_bench.tables import render, store
 from ciard_bench.tables.cli import apply_overrides, _parser
 from ciard_bench.tables.frames import all_tables
 from ciard_bench.errors import UserError
+from ciard_bench.evaluate.engine import wilson
 
 REDUCED = ["--epochs", "1", "--teacher-epochs", "1", "--n-train", "64", "--n-test", "16",
-           "--n-examples", "16", "--sanity-examples", "8", "--threads", "1"]
+           "--n-examples", "16", "--sanity-examples", "8", "--threads", "1", "--workers", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -41,17 +42,22 @@ def reduced_preset(argv=()):
     return apply_overrides(get_preset("smoke"), args)[0]
 
 
-def fake_done(grid, cell, clean: float, robust: dict[str, float], which="best"):
-    """Make ``cell`` look trained and evaluated with the given accuracies (no training)."""
+def _entry(acc: float, n: int) -> dict:
+    return {"accuracy": acc, "n": n, "ci95": wilson(round(acc * n / 100), n)}
+
+
+def fake_done(grid, cell, clean: float, robust: dict[str, float], which="best", n=2000):
+    """Make ``cell`` look trained and evaluated with the given accuracies on ``n`` points
+    (no training; a large n gives tight intervals, so the marks follow the values)."""
     root = grid.run_dir(cell)
     if cell.trained:
         atomic_write_json(root / "result.json", {"config": resolve(cell.config).to_dict()})
         atomic_write_json(root / "run.json", {"best": {"file": "b.pt", "sha256": f"{cell.id}-b"},
                                               "last": {"file": "l.pt", "sha256": f"{cell.id}-l"}})
-    attacks = {a: {"accuracy": robust.get(a, 0.0), "wr": (clean + robust.get(a, 0.0)) / 2}
+    attacks = {a: {**_entry(robust.get(a, 0.0), n), "wr": (clean + robust.get(a, 0.0)) / 2}
                for a in cell.attacks}
     atomic_write_json(store.eval_path(grid, cell, which), {
-        "clean": {"accuracy": clean}, "attacks": attacks,
+        "clean": _entry(clean, n), "attacks": attacks,
         "robustness_curve": {"eps": [0.0, 8 / 255], "accuracy": [clean, robust.get("pgd_sat", 0)]},
         "tables_key": store.eval_key(grid, cell, which)})
 
@@ -59,7 +65,7 @@ def fake_done(grid, cell, clean: float, robust: dict[str, float], which="best"):
 @pytest.fixture
 def fixture_store(tmp_path):
     grid = build_grid(reduced_preset(), tmp_path / "res")
-    values = {"SAT": 50.0, "TRADES": 60.0, "ARD": 70.0, "CIARD": 80.0}
+    values = {"SAT": 50.0, "MTARD": 70.0, "CIARD": 80.0}   # B-MTARD not run
     for cell in grid.cells:
         if cell.kind == "teacher":
             fake_done(grid, cell, 90.0, {"fgsm": 10.0, "pgd_sat": 5.0})
@@ -80,7 +86,7 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
     assert t3.loc["CIARD", ("FGSM", "digits", "Clean")] == 90.0
     assert t3.loc["CIARD", ("PGD_SAT", "digits", "Robust")] == 41.0      # 80 - 40 + 1
     assert t3.loc["SAT", ("PGD_SAT", "digits", "W-R")] == (60.0 + 11.0) / 2
-    assert math.isnan(t3.loc["RSLAD", ("FGSM", "digits", "Clean")])       # not run: missing
+    assert math.isnan(t3.loc["B-MTARD", ("FGSM", "digits", "Clean")])     # not run: missing
     assert tables["table4"].frame.isna().all().all()                      # no MobileNet run
     t7 = tables["table7"].frame
     assert t7.loc["baseline"].tolist() == [30.0, 70.0, 50.0]
@@ -92,32 +98,42 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
 
     table = tables["table3"]
     text = render.caption(grid, table, "best")
-    for needle in ("digits", "ResNet-18", "resnet18_tiny", "eps = 8/255", "first 16 test points",
-                   "smoke preset", "best-epoch", "20 steps of 2/255", "20 steps of 0.003",
+    for needle in ("digits", "ResNet-18", "resnet18_tiny", "eps = 16/255", "first 16 test points",
+                   "smoke preset", "best-epoch", "20 steps of 4/255", "20 steps of 0.006",
                    "kappa 50", "not run yet"):
         assert needle in text, needle
     out = tmp_path / "out"
-    csv, tex, md = render.write_table(table, text, out)
+    csv, tex, md, seeds_csv = render.write_table(table, text, out)
     back = render.read_table_csv(csv, table)
     pd.testing.assert_frame_equal(back, table.frame, check_names=True)
     latex = tex.read_text()
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
     assert "\\caption{" in latex and "resnet18\\_tiny" in latex
-    # FGSM Clean column: CIARD 90 best, ARD 80 second; missing rows print "--"
+    # FGSM Clean column: CIARD 90 best, MTARD 80 second (2000 points: the intervals
+    # separate 10 pp); missing rows print "--"
     ciard = next(line for line in latex.splitlines() if line.startswith("CIARD"))
-    ard = next(line for line in latex.splitlines() if line.startswith("ARD"))
-    rslad = next(line for line in latex.splitlines() if line.startswith("RSLAD"))
+    mtard = next(line for line in latex.splitlines() if line.startswith("MTARD"))
+    bmtard = next(line for line in latex.splitlines() if line.startswith("B-MTARD"))
     assert ciard.split("&")[1].strip() == "\\textbf{90.00}"
-    assert ard.split("&")[1].strip() == "\\underline{80.00}"
-    assert rslad.split("&")[1].strip() == "--"
+    assert mtard.split("&")[1].strip() == "\\underline{80.00}"
+    assert bmtard.split("&")[1].strip() == "--"
     markdown = md.read_text()
     assert "| CIARD | **90.00** |" in markdown and "<u>80.00</u>" in markdown
-    assert "| RSLAD | -- |" in markdown
+    assert "| B-MTARD | -- |" in markdown
+    assert "lies above every other row's" in text and "1 training seed per cell" in text
 
 
-def test_ties_share_bold_and_second_is_next_value():
-    ranks = render._ranks(pd.Series([3.0, 5.0, 5.0, 4.0, math.nan]))
-    assert ranks == ["", "best", "best", "second", ""]
+def test_marks_need_intervals_that_separate(fixture_store, tmp_path):
+    # the same values on 16 points: Wilson intervals of +-20 pp overlap, nothing is marked
+    grid = fixture_store
+    for cell in grid.cells:
+        if cell.kind == "student" and cell.student == "resnet18" and cell.row in ("MTARD", "CIARD"):
+            v = {"MTARD": 70.0, "CIARD": 80.0}[cell.row]
+            fake_done(grid, cell, v + 10, {a: v - 40 + i for i, a in enumerate(cell.attacks)}, n=16)
+    table = next(t for t in all_tables(grid, "best") if t.name == "table3")
+    markdown = render.to_markdown(table, "caption")
+    ciard = next(line for line in markdown.splitlines() if line.startswith("| CIARD"))
+    assert "**" not in ciard and "<u>" not in ciard and ciard.startswith("| CIARD | 90.00 |")
 
 
 def test_paper_comparison_uses_printed_numbers(fixture_store):
@@ -137,14 +153,14 @@ def test_paper_comparison_uses_printed_numbers(fixture_store):
 def test_shards_cover_the_grid_exactly_once(tmp_path):
     grid = build_grid(reduced_preset(), tmp_path)
     ids = [c.id for c in grid.cells]
-    assert len(ids) == len(set(ids)) == 24
+    assert len(ids) == len(set(ids)) == 12         # 2 teachers, 4 methods x 2 students, 2 ablations
     assert {c.config.dataset for c in grid.cells} == {"digits"}
     paper = build_grid(get_preset("paper"), tmp_path / "paper")
-    assert len(paper.cells) == 46 and not paper.by_id()["cifar100/teachers/robust"].trained
+    assert len(paper.cells) == 46 and not paper.by_id()["cifar100/teachers/robust/seed0"].trained
     assert all(c.config.dataset == c.dataset for c in paper.cells if c.trained)
-    ciard = paper.by_id()["cifar100/resnet18/ciard"]
+    ciard = paper.by_id()["cifar100/resnet18/ciard/seed0"]
     assert ciard.config.robust_teacher == "rb:Gowal2020Uncovering"
-    for n in (1, 2, 3, 5, 24, 30):
+    for n in (1, 2, 3, 5, 12, 30):
         parts = [[c.id for c in shard_cells(grid.cells, (i, n))] for i in range(n)]
         flat = [cid for part in parts for cid in part]
         assert sorted(flat) == sorted(ids) and len(flat) == len(ids)
@@ -198,8 +214,8 @@ def test_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
                                       "--methods", "sat"]), tmp_path,
                       students=["resnet18"], methods=["sat"])
     cells = grid.by_id()
-    assert store.status(grid, cells["digits/teachers/clean"], "best") == store.DONE
-    assert store.status(grid, cells["digits/teachers/robust"], "best") == store.PARTIAL
+    assert store.status(grid, cells["digits/teachers/clean/seed0"], "best") == store.DONE
+    assert store.status(grid, cells["digits/teachers/robust/seed0"], "best") == store.PARTIAL
     monkeypatch.setattr(RunDir, "save", real_save)
 
     calls = []
@@ -208,8 +224,8 @@ def test_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
         (cfg.out, resume)) or real_train(cfg, resume=resume))
     assert _run_tiny(tmp_path, ["--teacher-epochs", "2"]) == 0
     assert [(out.split("runs/")[1], resume) for out, resume in calls] == [
-        ("digits/teachers/robust", True), ("digits/resnet18/sat", False)]
-    log = (grid.run_dir(cells["digits/teachers/robust"]) / "log.jsonl").read_text().splitlines()
+        ("digits/teachers/robust/seed0", True), ("digits/resnet18/sat/seed0", False)]
+    log = (grid.run_dir(cells["digits/teachers/robust/seed0"]) / "log.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in log] == [1, 2]
     assert all(store.status(grid, c, "best") == store.DONE for c in grid.cells)
 
@@ -237,7 +253,7 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
         pd.testing.assert_frame_equal(back, table.frame)
         assert "Every value is from a finished run." in (tmp_path / f"{table.name}.md").read_text()
         assert (tmp_path / f"{table.name}.tex").read_text().startswith("\\begin{table}")
-    ev = json.loads((tmp_path / "runs/digits/resnet18/ciard/eval-best.json").read_text())
+    ev = json.loads((tmp_path / "runs/digits/resnet18/ciard/seed0/eval-best.json").read_text())
     assert set(ev["attacks"]) == {"fgsm", "pgd_sat", "pgd_trades", "cw_inf", "square", "aa",
                                   "transfer_pgd_trades", "transfer_cw_inf"}
     assert ev["n_examples"] == 16 and ev["attacks"]["pgd_sat"]["settings"]["steps"] == 20
@@ -253,7 +269,65 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
 def test_shard_without_teachers_blocks_students_and_renders_missing(tmp_path):
     assert _run_tiny(tmp_path, ["--only", "student", "--shard", "0/1"]) == 0
     grid_json = json.loads((tmp_path / "grid.json").read_text())
-    assert grid_json["runs"][-1]["blocked"] == ["digits/resnet18/sat"]
+    assert grid_json["runs"][-1]["blocked"] == ["digits/resnet18/sat/seed0"]
     assert grid_json["counts"] == {"missing": 3}
     assert not (tmp_path / "runs").exists()                       # nothing trained
     assert "-- = not run yet" in (tmp_path / "table3.md").read_text()
+
+
+def test_seeds_are_a_grid_axis(tmp_path):
+    grid = build_grid(reduced_preset(), tmp_path, methods=["sat", "ciard"], seeds=2)
+    assert grid.seeds == (0, 1)
+    cells = grid.by_id()
+    student = cells["digits/resnet18/ciard/seed1"]
+    assert student.seed == 1 and student.config.seed == 1
+    assert student.needs == ("digits/teachers/clean/seed1", "digits/teachers/robust/seed1")
+    assert student.config.robust_teacher.endswith("digits/teachers/robust/seed1")
+    assert cells["digits/teachers/robust/seed1"].config.seed == 1
+    assert len(grid.cells) == 2 * (2 + 2 * 2 + 2)
+    # a given (not trained) teacher is one cell shared by every seed
+    shared = build_grid(reduced_preset(), tmp_path / "b", methods=["sat"], seeds=3,
+                        teacher_specs={"robust": "resnet8=/x.pt"})
+    robust = [c for c in shared.cells if c.role == "robust"]
+    assert [c.id for c in robust] == ["digits/teachers/robust/seed0"]
+    assert {c.source for c in shared.cells if c.kind == "student"} == {robust[0].id}
+    with pytest.raises(UserError, match="--seeds 0"):
+        build_grid(reduced_preset(), tmp_path, seeds=0)
+
+
+def test_tables_show_mean_and_std_over_seeds_and_keep_every_seed(tmp_path):
+    grid = build_grid(reduced_preset(), tmp_path, students=["resnet18"], methods=["sat", "ciard"],
+                      seeds=2)
+    for cell in grid.cells:
+        base = {"SAT": 50.0, "CIARD": 70.0}.get(cell.row, 60.0) + 4.0 * cell.seed   # +0, +4
+        fake_done(grid, cell, base + 10, {a: base - 20 for a in cell.attacks}, n=1000)
+    table = next(t for t in all_tables(grid, "best") if t.name == "table3")
+    assert table.frame.loc["CIARD", ("PGD_SAT", "digits", "Robust")] == 52.0     # (50 + 54)/2
+    md = render.to_markdown(table, "c")
+    assert "| CIARD | 82.00 ± 2.83 |" in md                   # clean 80, 84: std 2 sqrt(2)
+    rows = [line for line in md.splitlines() if line.startswith(("| SAT", "| CIARD"))]
+    assert "**" not in "".join(rows)   # 20 pp apart, but 2 seeds: t(0.975, 1) = 12.7 x 2/sqrt(2)
+    paths = render.write_table(table, render.caption(grid, table, "best"), tmp_path / "out")
+    seeds = pd.read_csv(paths[-1])
+    rows = seeds[(seeds["row"] == "CIARD") & (seeds["column"] == "PGD_SAT / digits / Robust")]
+    assert rows["seed"].tolist() == [0, 1] and rows["value"].tolist() == [50.0, 54.0]
+    assert rows["n"].tolist() == [1000, 1000] and (rows["wilson_low"] < rows["value"]).all()
+    assert rows["std"].iloc[0] == pytest.approx(2 * math.sqrt(2))
+    assert "2 training seeds per cell; mean +- std over seeds" in paths[2].read_text()
+    # a seed that has not finished hides the entry instead of a one-seed mean
+    (grid.run_dir(grid.by_id()["digits/resnet18/sat/seed1"]) / "eval-best.json").unlink()
+    table = next(t for t in all_tables(grid, "best") if t.name == "table3")
+    assert table.frame.loc["SAT"].isna().all() and table.frame.loc["CIARD"].notna().all()
+
+
+def test_rerun_gives_identical_tables_with_any_number_of_workers(tmp_path):
+    """Same command, same machine: identical tables, whether cells run in one process or
+    side by side in two workers (every cell is seeded and run alone in its process)."""
+    argv = [*REDUCED[:-2], "--students", "resnet18", "--methods", "sat,mtard", "--no-figures"]
+    assert main(["--results-dir", str(tmp_path / "a"), *argv, "--workers", "1"]) == 0
+    assert main(["--results-dir", str(tmp_path / "b"), *argv, "--workers", "2"]) == 0
+    for name in ("table2", "table3", "table5", "table_aa"):
+        for ext in (".csv", ".md"):
+            a = (tmp_path / "a" / f"{name}{ext}").read_text()
+            assert a == (tmp_path / "b" / f"{name}{ext}").read_text(), name + ext
+    assert "--" not in (tmp_path / "a" / "table3.csv").read_text()

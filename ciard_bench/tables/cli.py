@@ -52,7 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data")
     p.add_argument("--download", action="store_true", help="download missing datasets")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", help="torch CPU threads (default: os.cpu_count())")
+    p.add_argument("--workers", help="cells run side by side, one process each (default: on CPU "
+                   "the usable cores / --threads, on CUDA 1)")
+    p.add_argument("--threads", help="torch CPU threads per worker (default 1 on CPU: tiny "
+                   "models gain little from a second thread and lose 10-50x when another "
+                   "process holds the core it spins on)")
+    p.add_argument("--seeds", help="seeds every cell is trained with (default: the preset's); "
+                   "tables show mean +- std over seeds")
     p.add_argument("--compare-paper", action=argparse.BooleanOptionalAction, default=None,
                    help="write tableN_vs_paper.* (default: on for the paper preset)")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
@@ -93,12 +99,29 @@ def apply_overrides(preset: Preset, args: argparse.Namespace) -> tuple[Preset, d
     return preset.with_overrides(**values), changed
 
 
-def _set_threads(text: str | None) -> int:
-    import torch
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask; os.cpu_count() elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS, Windows
+        return os.cpu_count() or 1
 
-    n = positive_int(text, "--threads") if text is not None else (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
+
+def parallelism(device: str, workers: str | None, threads: str | None) -> tuple[int, int]:
+    """``(workers, threads per worker)``: the flags, else one single-threaded worker per
+    usable core on CPU (independent cells side by side scale ~2x on 2 cores where two
+    threads on one cell gain ~1.2x), and one worker on a GPU."""
+    n_threads = positive_int(threads, "--threads") if threads is not None else 1
+    if workers is not None:
+        return positive_int(workers, "--workers"), n_threads
+    if device != "cpu" and (device.startswith("cuda") or _cuda_available()):
+        return 1, n_threads if threads is not None else max(1, usable_cores())
+    return max(1, usable_cores() // n_threads), n_threads
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def _dry_run(grid, cells, which: str) -> int:
@@ -125,7 +148,7 @@ def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
         if compare:
             frame = render.comparison(table, grid)
             if len(frame):
-                cmp = dataclasses.replace(table, name=f"{table.name}_vs_paper", highlight=False,
+                cmp = dataclasses.replace(table, name=f"{table.name}_vs_paper", highlight=False, samples={},
                                           frame=frame.set_index(["row", "dataset", "attack",
                                                                  "metric"]))
                 written += render.write_table(cmp, "The paper's printed numbers beside ours "
@@ -134,6 +157,7 @@ def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
     if with_figures:
         written += figures.training_curves(grid, grid.results)
         written += figures.robustness_curves(grid, grid.results, which, suffix)
+        written += figures.seed_spread(grid, grid.results, which, suffix)
     return written
 
 
@@ -146,45 +170,51 @@ def _run(argv: list[str] | None) -> int:
     preset, changed = apply_overrides(get_preset(args.preset), args)
     shard = parse_shard(args.shard)
     results = Path(args.results_dir or Path("results") / preset.name)
-    threads = _set_threads(args.threads)
+    workers, threads = parallelism(args.device, args.workers, args.threads)
+    import torch
+    torch.set_num_threads(threads)
     grid = build_grid(preset, results, datasets=args.dataset, students=args.students,
                       methods=args.methods,
                       teacher_specs={k: v for k, v in (("clean", args.clean_teacher),
                                                        ("robust", args.robust_teacher)) if v},
                       settings={"device": args.device, "data_root": args.data_root,
                                 "download": args.download, "model_dir": args.model_dir,
-                                "overrides": changed})
+                                "overrides": changed}, seeds=args.seeds)
     cells = shard_cells(select_kinds(grid.cells, args.only), shard)
     which = preset.checkpoint
     if args.dry_run:
         return _dry_run(grid, cells, which)
     summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": [],
-               "by_kind": {}}
+               "failed": {}, "by_kind": {}}
     if not args.render_only:
-        log.info("preset %s: %d cells (%d in this run), %d threads, results in %s", preset.name,
-                 len(grid.cells), len(cells), threads, results)
-        summary = runner.run_cells(grid, cells, which)
+        log.info("preset %s: %d cells (%d in this run), %d seed(s), %d worker(s) x %d thread(s), "
+                 "results in %s", preset.name, len(grid.cells), len(cells), len(grid.seeds),
+                 workers, threads, results)
+        summary = runner.run_cells(grid, cells, which, workers=workers, threads=threads)
     compare = preset.compare_paper if args.compare_paper is None else args.compare_paper
     written = _render(grid, which, compare, args.figures)
     wall = time.perf_counter() - start
     # one record per invocation that did (or could not do) work; a pure re-render adds none,
     # so running the command again on a finished grid rewrites grid.json unchanged
     runs = (store.read_json(results / "grid.json") or {}).get("runs", [])
-    if summary["trained"] or summary["evaluated"] or summary["blocked"]:
-        runs.append({"wall_s": round(wall, 1), "threads": threads, "shard": args.shard,
-                     "only": args.only, "trained": summary["trained"],
+    if summary["trained"] or summary["evaluated"] or summary["blocked"] or summary["failed"]:
+        runs.append({"wall_s": round(wall, 1), "workers": workers, "threads": threads,
+                     "shard": args.shard, "only": args.only, "trained": summary["trained"],
                      "evaluated": summary["evaluated"], "blocked": summary["blocked"],
-                     "by_kind": summary["by_kind"]})
+                     "failed": summary["failed"], "by_kind": summary["by_kind"]})
     store.write_grid(grid, which, {c.id for c in cells}, extra={"runs": runs})
     counts = store.grid_record(grid, which)["counts"]
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "
               f"evaluate {t['eval_s']:7.1f} s")
     print(f"{preset.name}: trained {summary['trained']}, evaluated {summary['evaluated']}, "
-          f"blocked {len(summary['blocked'])} cells in {wall:.0f} s ({threads} threads); "
+          f"blocked {len(summary['blocked'])}, failed {len(summary['failed'])} cells in "
+          f"{wall:.0f} s ({workers} worker(s) x {threads} thread(s)); "
           f"grid: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "
           f"wrote {len(written)} files to {results}")
-    return 0
+    for cid, error in summary["failed"].items():
+        print(f"failed: {cid}: {error} (traceback: {results / 'runs' / cid / 'cell-error.log'})")
+    return 1 if summary["failed"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

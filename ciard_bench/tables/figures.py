@@ -1,11 +1,11 @@
 """Figures (matplotlib, Agg backend, PNG and PDF):
 
-* ``fig3_training_<dataset>``: Fig. 3, the CIARD run's student and both teachers, clean
+* ``fig3_training_<dataset>``: Fig. 3, the (first seed's) CIARD run's student and both teachers, clean
   and PGD_TRADES accuracy on the per-epoch evaluation subset (the engine logs the
   teachers when ``eval_teachers`` is on, which the grid sets for the first student's
   CIARD cell; the robust teacher changes under ITT);
 * ``fig_robustness_<student>_<dataset>``: accuracy against eps for every method of a
-  table: the evaluation suite's eps sweep (PGD_SAT, 20 steps of max(2/255, 2.5 eps/20),
+  table (first seed): the evaluation suite's eps sweep (PGD_SAT, 20 steps of max(2/255, 2.5 eps/20),
   on the first ``sanity_examples`` test points) that each student evaluation runs.
 
 The PDF carries no creation date, so regenerating it gives the same bytes.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes
 from . import store
-from .frames import _datasets, _students
+from .frames import _datasets, _samples, _students
 from .grid import Grid
 from .presets import METHOD_LABELS, STUDENT_LABELS
 from .render import DATASET_NAMES
@@ -51,7 +51,8 @@ def training_curves(grid: Grid, out: Path) -> list[Path]:
     plt = _pyplot()
     written = []
     for cell in grid.cells:
-        if not (cell.config and cell.config.eval_teachers and cell.kind == "student"):
+        if not (cell.config and cell.config.eval_teachers and cell.kind == "student"
+                and cell.seed == grid.seeds[0]):      # one figure: the first seed's run
             continue
         log_path = grid.run_dir(cell) / "log.jsonl"
         if store.train_state(grid, cell) != store.DONE or not log_path.is_file():
@@ -86,7 +87,7 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
     for student in _students(grid):
         for dataset in _datasets(grid):
             cells = [c for c in grid.cells if c.kind == "student" and c.student == student
-                     and c.dataset == dataset]
+                     and c.dataset == dataset and c.seed == grid.seeds[0]]   # the first seed's
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
             drawn, points = 0, 0
             for cell in cells:
@@ -105,13 +106,59 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
             ax.set_xscale("symlog", linthresh=2)
             ax.set(xlabel="eps (x 1/255)", ylabel="accuracy (%)",
                    title=f"{STUDENT_LABELS[student]}, {DATASET_NAMES.get(dataset, dataset)}: "
-                         f"PGD_SAT against eps, first {points} test points ({grid.preset.name})")
+                         f"PGD_SAT against eps, first {points} test points, seed "
+                         f"{grid.seeds[0]} ({grid.preset.name})")
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
             fig.tight_layout()
             written += _save(fig, out / f"fig_robustness_{student}_{_slug(dataset)}{suffix}")
             plt.close(fig)
+    return written
+
+
+def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Path]:
+    """Every seed's Clean and PGD_TRADES accuracy per method and student (one figure per
+    dataset); drawn once some method has every seed finished."""
+    plt = _pyplot()
+    written = []
+    students = _students(grid)
+    for dataset in _datasets(grid):
+        fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 3.6),
+                                 squeeze=False)
+        drawn = 0
+        for ax, student in zip(axes[0], students):
+            methods = [m for m in METHOD_LABELS if any(
+                c.method == m and c.student == student and c.kind == "student" for c in grid.cells)]
+            for i, method in enumerate(methods):
+                cells = [c for c in grid.cells if c.kind == "student" and c.student == student
+                         and c.method == method and c.dataset == dataset]
+                for what, colour, dx in (("Clean", "tab:blue", -0.15),
+                                         ("Robust", "tab:red", 0.15)):
+                    values = [s.value for s in _samples(grid, cells, which, "pgd_trades", what)]
+                    if not values:
+                        continue
+                    drawn += 1
+                    ax.scatter([i + dx] * len(values), values, s=14, color=colour, alpha=0.8,
+                               label=("Clean" if what == "Clean" else "PGD_TRADES")
+                               if i == 0 else None)
+                    ax.hlines(sum(values) / len(values), i + dx - 0.12, i + dx + 0.12,
+                              color=colour)
+            ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods], rotation=45,
+                          ha="right", fontsize=8)
+            ax.set(ylabel="accuracy (%)", title=f"{STUDENT_LABELS[student]}: "
+                   f"{len(grid.seeds)} seed(s), dots = seeds, bars = mean")
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3, axis="y")
+        if not drawn:
+            plt.close(fig)
+            continue
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"Spread over seeds, {DATASET_NAMES.get(dataset, dataset)} "
+                     f"({grid.preset.name} preset)", fontsize=10)
+        fig.tight_layout()
+        written += _save(fig, out / f"fig_seeds_{_slug(dataset)}{suffix}")
+        plt.close(fig)
     return written
 
 

@@ -1,9 +1,11 @@
 """The paper's tables as pandas DataFrames, read from the results store.
 
 Values are accuracies in percent exactly as the evaluation JSONs hold them (rounding
-happens when a table is written); a cell that has not run yet is NaN. Column labels use
-the names of ``paper_results.csv`` (``Clean``, ``FGSM``, ``PGD_SAT``, ``PGD_TRADES``,
-``CW_inf``, ``Transfer_PGD_TRADES``, ``Transfer_CW_inf``, ``SA``, ``AA``).
+happens when a table is written). With several seeds a value is the mean over seeds, and
+``Table.samples`` keeps every seed's value with its Wilson interval over the test points; a
+value is NaN until every seed of its cell has finished. Column labels use the names of
+``paper_results.csv`` (``Clean``, ``FGSM``, ``PGD_SAT``, ``PGD_TRADES``, ``CW_inf``,
+``Transfer_PGD_TRADES``, ``Transfer_CW_inf``, ``SA``, ``AA``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,17 @@ BLACK_BOX = ("transfer_pgd_trades", "transfer_cw_inf", "square")
 TEACHER_COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf")
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One seed's value of a table entry: accuracy (%) on ``n`` points, 95 % Wilson interval."""
+
+    seed: int
+    value: float
+    n: int
+    low: float
+    high: float
+
+
 @dataclass
 class Table:
     """One table: its DataFrame and what the caption must say."""
@@ -36,8 +49,9 @@ class Table:
     attacks: tuple[str, ...]
     datasets: tuple[str, ...]
     student: str | None = None       # paper student label, None for teachers
-    highlight: bool = True           # best bold, second underlined (per column)
+    highlight: bool = True           # marks per column where the intervals separate rows
     cells: list[Cell] = field(default_factory=list)
+    samples: dict = field(default_factory=dict)   # (frame row, frame column) -> [Sample]
 
 
 def _eval(grid: Grid, cell: Cell | None, which: str) -> dict[str, Any] | None:
@@ -48,13 +62,33 @@ def _eval(grid: Grid, cell: Cell | None, which: str) -> dict[str, Any] | None:
 
 def metric(ev: dict | None, attack: str, what: str) -> float:
     """``Clean`` / ``Robust`` / ``W-R`` of ``attack`` in an evaluation result (NaN if absent)."""
+    return sample(ev, attack, what, 0).value
+
+
+def sample(ev: dict | None, attack: str, what: str, seed: int) -> Sample:
+    """The value and its 95 % Wilson interval (W-R: the mean of the Clean and Robust bounds)."""
     if ev is None or (attack != "clean" and attack not in ev["attacks"]):
-        return math.nan
-    clean = float(ev["clean"]["accuracy"])
+        return Sample(seed, math.nan, 0, math.nan, math.nan)
+    clean = ev["clean"]
     if what == "Clean" or attack == "clean":
-        return clean
-    robust = float(ev["attacks"][attack]["accuracy"])
-    return robust if what == "Robust" else (clean + robust) / 2
+        entry = clean
+    else:
+        entry = ev["attacks"][attack]
+        if what == "W-R":
+            return Sample(seed, (float(clean["accuracy"]) + float(entry["accuracy"])) / 2,
+                          entry["n"], (clean["ci95"][0] + entry["ci95"][0]) / 2,
+                          (clean["ci95"][1] + entry["ci95"][1]) / 2)
+    return Sample(seed, float(entry["accuracy"]), entry["n"], *map(float, entry["ci95"]))
+
+
+def _samples(grid: Grid, cells: list[Cell], which: str, attack: str, what: str) -> list[Sample]:
+    """One sample per seed of a table entry; empty unless every seed has finished."""
+    out = [sample(_eval(grid, c, which), attack, what, c.seed) for c in cells]
+    return out if out and not any(math.isnan(s.value) for s in out) else []
+
+
+def _mean(samples: list[Sample]) -> float:
+    return sum(s.value for s in samples) / len(samples) if samples else math.nan
 
 
 def _students(grid: Grid) -> list[str]:
@@ -65,25 +99,29 @@ def _datasets(grid: Grid) -> list[str]:
     return list(dict.fromkeys(c.dataset for c in grid.cells))
 
 
-def _cell(grid: Grid, kind: str, dataset: str, student: str | None, row: str) -> Cell | None:
-    for c in grid.cells:
-        if c.kind == kind and c.dataset == dataset and c.student == student and c.row == row:
-            return c
-    return None
+def _cells(grid: Grid, kind: str, dataset: str, student: str | None, row: str) -> list[Cell]:
+    """The cells of one table row, one per seed."""
+    return [c for c in grid.cells if c.kind == kind and c.dataset == dataset
+            and c.student == student and c.row == row]
 
 
 def teacher_table(grid: Grid, which: str) -> Table:
     """Table 2: every teacher under Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf (robust acc.)."""
-    rows, index = [], []
+    columns = ["Clean", *(ATTACK_NAMES[a] for a in TEACHER_COLUMNS[1:])]
+    rows, index, samples = [], [], {}
     cells = [c for c in grid.cells if c.kind == "teacher"]
-    for cell in cells:
-        ev = _eval(grid, cell, which)
-        rows.append([metric(ev, a, "Robust") for a in TEACHER_COLUMNS])
-        index.append((cell.dataset, cell.row))
-    frame = pd.DataFrame(rows, columns=["Clean", *(ATTACK_NAMES[a] for a in TEACHER_COLUMNS[1:])],
+    for key in dict.fromkeys((c.dataset, c.row) for c in cells):
+        seeds = [c for c in cells if (c.dataset, c.row) == key]
+        row = []
+        for attack, column in zip(TEACHER_COLUMNS, columns):
+            samples[(key, column)] = _samples(grid, seeds, which, attack, "Robust")
+            row.append(_mean(samples[(key, column)]))
+        rows.append(row)
+        index.append(key)
+    frame = pd.DataFrame(rows, columns=columns,
                          index=pd.MultiIndex.from_tuples(index, names=["dataset", "teacher"]))
     return Table("table2", "Teachers", frame, TEACHER_COLUMNS[1:], tuple(_datasets(grid)),
-                 highlight=False, cells=cells)
+                 highlight=False, cells=cells, samples=samples)
 
 
 def method_table(grid: Grid, which: str, name: str, title: str, student: str,
@@ -95,19 +133,22 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
     columns = pd.MultiIndex.from_tuples(
         [(ATTACK_NAMES[a], d, m) for a in attacks for d in datasets for m in METRICS],
         names=["attack", "dataset", "metric"])
-    rows, cells = [], []
+    rows, cells, samples = [], [], {}
     for method in methods:
-        row = []
+        label, row = METHOD_LABELS[method], []
         for attack in attacks:
             for dataset in datasets:
-                cell = _cell(grid, "student", dataset, student, METHOD_LABELS[method])
-                cells += [cell] if cell and cell not in cells else []
-                ev = _eval(grid, cell, which)
-                row += [metric(ev, attack, m) for m in METRICS]
+                seeds = _cells(grid, "student", dataset, student, label)
+                cells += [c for c in seeds if c not in cells]
+                for m in METRICS:
+                    entry = samples[(label, (ATTACK_NAMES[attack], dataset, m))] = \
+                        _samples(grid, seeds, which, attack, m)
+                    row.append(_mean(entry))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=columns,
                          index=pd.Index([METHOD_LABELS[m] for m in methods], name="method"))
-    return Table(name, title, frame, attacks, tuple(datasets), student=student, cells=cells)
+    return Table(name, title, frame, attacks, tuple(datasets), student=student, cells=cells,
+                 samples=samples)
 
 
 def ablation_table(grid: Grid, which: str) -> Table | None:
@@ -116,18 +157,20 @@ def ablation_table(grid: Grid, which: str) -> Table | None:
     if not abl:
         return None
     dataset, student = abl[0].dataset, abl[0].student
-    rows, cells = [], []
+    rows, cells, samples = [], [], {}
     for label in ABLATIONS:
         kind = "ablation" if ABLATIONS[label] else "student"
-        cell = _cell(grid, kind, dataset, student, label if kind == "ablation" else "CIARD")
-        cells += [cell] if cell else []
-        ev = _eval(grid, cell, which)
-        rows.append([metric(ev, "pgd_trades", "Robust"), metric(ev, "pgd_trades", "Clean"),
-                     metric(ev, "pgd_trades", "W-R")])
+        seeds = _cells(grid, kind, dataset, student, label if kind == "ablation" else "CIARD")
+        cells += seeds
+        row = []
+        for column, what in (("PGD_TRADES", "Robust"), ("Clean", "Clean"), ("W-acc", "W-R")):
+            samples[(label, column)] = _samples(grid, seeds, which, "pgd_trades", what)
+            row.append(_mean(samples[(label, column)]))
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=["PGD_TRADES", "Clean", "W-acc"],
                          index=pd.Index(list(ABLATIONS), name="ablation"))
     return Table("table7", "Ablation of CIARD's components", frame, ("pgd_trades",),
-                 (dataset,), student=student, cells=cells)
+                 (dataset,), student=student, cells=cells, samples=samples)
 
 
 def all_tables(grid: Grid, which: str) -> list[Table]:
@@ -151,6 +194,9 @@ def all_tables(grid: Grid, which: str) -> list[Table]:
     if aa:
         frame = pd.concat({STUDENT_LABELS[s]: t.frame for s, t in zip(students, aa)}, axis=1,
                           names=["student"]).droplevel("attack", axis=1)
+        samples = {(row, (STUDENT_LABELS[s], *col[1:])): v for s, t in zip(students, aa)
+                   for (row, col), v in t.samples.items()}
         tables.append(Table("table_aa", "AutoAttack (added in the rebuttal)", frame, ("aa",),
-                            aa[0].datasets, student=None, cells=[c for t in aa for c in t.cells]))
+                            aa[0].datasets, student=None, cells=[c for t in aa for c in t.cells],
+                            samples=samples))
     return sorted(tables, key=lambda t: t.name)

@@ -2,13 +2,17 @@
 
 Cells, in the order they are run (teachers first: the students distil from them):
 
-* ``teacher``  -- ``<dataset>/teachers/<clean|robust>``: Table 2; trained by the pipeline
-  (``standard`` / ``trades``) unless the preset names an existing spec (``rb:NAME``, a file);
-* ``student``  -- ``<dataset>/<student>/<method>``: Tables 3-6 and the AutoAttack table;
-* ``ablation`` -- ``<dataset>/resnet18/ciard-<ablation>``: Table 7 (first dataset only, as
-  the paper; its ``+ITT+push`` row is the Table 3 CIARD cell).
+* ``teacher``  -- ``<dataset>/teachers/<clean|robust>/seed<k>``: Table 2; trained by the
+  pipeline (``standard`` / ``trades``) unless the preset names an existing spec (``rb:NAME``,
+  a file: then one cell, ``.../seed0``, serves every seed);
+* ``student``  -- ``<dataset>/<student>/<method>/seed<k>``: Tables 3-6 and the AutoAttack table;
+* ``ablation`` -- ``<dataset>/resnet18/ciard-<ablation>/seed<k>``: Table 7 (first dataset only,
+  as the paper; its ``+ITT+push`` row is the Table 3 CIARD cell).
 
-Each cell's run folder is ``<results>/runs/<cell id>``.
+Seeds are a grid axis: every trained cell runs once per seed (``preset.seed``,
+``preset.seed + 1``, ...), and the students of seed k distil from the teachers of seed k, so
+the spread over seeds holds the teachers' training noise too. Each cell's run folder is
+``<results>/runs/<cell id>``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Sequence
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..utils import positive_int
 from .presets import (ABLATION_ATTACKS, ABLATIONS, METHOD_LABELS, STUDENT_ATTACKS,
                       TEACHER_ATTACKS, Preset)
 
@@ -38,6 +43,7 @@ class Cell:
     student: str | None = None       # paper student label (resnet18, mobilenet_v2)
     method: str | None = None
     role: str | None = None          # teacher cells: clean | robust
+    seed: int = 0
     config: TrainConfig | None = None
     spec: str | None = None          # external teacher spec (not trained)
     attacks: tuple[str, ...] = ()
@@ -55,6 +61,7 @@ class Grid:
     results: Path
     cells: list[Cell] = field(default_factory=list)
     settings: dict = field(default_factory=dict)   # device, data_root, model_dir, download
+    seeds: tuple[int, ...] = (0,)
 
     def by_id(self) -> dict[str, Cell]:
         return {c.id: c for c in self.cells}
@@ -70,12 +77,15 @@ def dataset_slug(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
 
 
-def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict) -> list[Cell]:
+def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict,
+                   seed: int) -> list[Cell]:
     cells = []
     for role, plan in grid.preset.teacher_plans(dataset).items():
-        cid = f"{dataset_slug(dataset)}/teachers/{role}"
         spec = overrides.get(role) or plan.spec
-        cell = Cell(cid, "teacher", dataset, plan.label, role=role, attacks=TEACHER_ATTACKS)
+        cell_seed = grid.preset.seed if spec else seed    # a given teacher is the same model
+        cid = f"{dataset_slug(dataset)}/teachers/{role}/seed{cell_seed}"
+        cell = Cell(cid, "teacher", dataset, plan.label, role=role, attacks=TEACHER_ATTACKS,
+                    seed=cell_seed)
         if spec:
             cell.spec = spec
             cell.row = f"{plan.label}: {spec}" if overrides.get(role) else plan.label
@@ -103,7 +113,8 @@ def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, m
     roles = [r.removesuffix("_teacher") for r in get_method(method).teachers]
     specs = {f"{r}_teacher": _teacher_spec(grid, teachers[r]) for r in roles}
     cell = Cell(cid, kind, dataset, row, student=student, method=method, attacks=tuple(attacks),
-                needs=tuple(teachers[r].id for r in roles), source=teachers["robust"].id)
+                needs=tuple(teachers[r].id for r in roles), source=teachers["robust"].id,
+                seed=common["seed"])
     cell.config = TrainConfig(**{**common, **grid.preset.train, **specs, "method": method,
                                  "method_options": dict(options), "student": arch,
                                  "student_kwargs": dict(kwargs), "eval_teachers": eval_teachers,
@@ -113,8 +124,10 @@ def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, m
 
 def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] | None = None,
                students: Sequence[str] | None = None, methods: Sequence[str] | None = None,
-               teacher_specs: dict | None = None, settings: dict | None = None) -> Grid:
-    """All cells of ``preset`` (optionally fewer datasets, students, methods).
+               teacher_specs: dict | None = None, settings: dict | None = None,
+               seeds: int | None = None) -> Grid:
+    """All cells of ``preset`` (optionally fewer datasets, students, methods), each for
+    ``seeds`` seeds (default: the preset's).
 
     ``teacher_specs`` (``{"clean"|"robust": spec}``) replaces the preset's teachers;
     ``settings`` (``device``, ``data_root``, ``download``, ``model_dir``) reach every cell.
@@ -137,26 +150,30 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
         if name not in known or name not in preset.methods:
             raise UserError(f"method {name!r} is not in the tables; accepted: "
                             f"{', '.join(m for m in preset.methods if m in known)}")
+    n_seeds = positive_int(seeds if seeds is not None else preset.seeds, "--seeds")
+    grid.seeds = tuple(range(preset.seed, preset.seed + n_seeds))
     for d_i, dataset in enumerate(datasets or preset.datasets):
-        common = {**common, "dataset": dataset}
-        teachers = {c.role: c for c in _teacher_cells(grid, dataset, teacher_specs or {}, common)}
-        grid.cells += teachers.values()
-        for student in students:
-            for method in methods:
-                cid = f"{dataset_slug(dataset)}/{student}/{method}"
-                grid.cells.append(_student_cell(
-                    grid, cid, "student", dataset, student, method, {}, METHOD_LABELS[method],
-                    STUDENT_ATTACKS, teachers, common,
-                    eval_teachers=method == "ciard" and student == students[0]))
-        if d_i == 0 and "ciard" in methods and "resnet18" in students:
-            for row, options in ABLATIONS.items():
-                if not options:
-                    continue  # +ITT+push is the full CIARD student cell
-                tag = "-".join(f"no_{k}" for k in options)
-                grid.cells.append(_student_cell(
-                    grid, f"{dataset_slug(dataset)}/resnet18/ciard-{tag}", "ablation", dataset,
-                    "resnet18", "ciard", options, row, ABLATION_ATTACKS, teachers, common,
-                    eval_teachers=False))
+        slug = dataset_slug(dataset)
+        for seed in grid.seeds:      # seed-major: the first seed of every cell finishes first
+            common = {**common, "dataset": dataset, "seed": seed}
+            teachers = {c.role: c for c in _teacher_cells(grid, dataset, teacher_specs or {},
+                                                          common, seed)}
+            grid.cells += [c for c in teachers.values() if c.id not in grid.by_id()]
+            for student in students:
+                for method in methods:
+                    grid.cells.append(_student_cell(
+                        grid, f"{slug}/{student}/{method}/seed{seed}", "student", dataset,
+                        student, method, {}, METHOD_LABELS[method], STUDENT_ATTACKS, teachers,
+                        common, eval_teachers=method == "ciard" and student == students[0]))
+            if d_i == 0 and "ciard" in methods and "resnet18" in students:
+                for row, options in ABLATIONS.items():
+                    if not options:
+                        continue  # +ITT+push is the full CIARD student cell
+                    tag = "-".join(f"no_{k}" for k in options)
+                    grid.cells.append(_student_cell(
+                        grid, f"{slug}/resnet18/ciard-{tag}/seed{seed}", "ablation", dataset,
+                        "resnet18", "ciard", options, row, ABLATION_ATTACKS, teachers, common,
+                        eval_teachers=False))
     return grid
 
 

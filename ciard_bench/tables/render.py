@@ -1,6 +1,8 @@
-"""Writing the tables: ``tableN.csv`` (exact values), ``tableN.tex`` (booktabs, best per
-column in bold and second underlined, as the paper), ``tableN.md``, each with a caption
-that states dataset, student, attack settings, eps, number of test points, preset and
+"""Writing the tables: ``tableN.csv`` (exact values: the mean over seeds),
+``tableN_seeds.csv`` (every seed's value with its Wilson interval, and each entry's mean,
+std, interval and mark), ``tableN.tex`` (booktabs) and ``tableN.md`` (mean +- std over seeds;
+bold and underline only where the intervals separate the rows, :mod:`.stats`), each with a
+caption that states dataset, student, attack settings, eps, test points, seeds, preset and
 checkpoint; and for the ``paper`` preset ``tableN_vs_paper.*`` (ours, the paper's printed
 number, the difference).
 """
@@ -18,6 +20,7 @@ from ..checkpoint import atomic_write_text
 from .frames import ATTACK_NAMES, Table
 from .grid import Grid
 from .presets import ABLATIONS, STUDENT_LABELS
+from .stats import MARK_RULE, Entry, entry, marks
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits",
                  "tiny_imagenet": "Tiny-ImageNet"}
@@ -84,72 +87,123 @@ def caption(grid: Grid, table: Table, which: str) -> str:
                  + "; ".join(describe_attack(a, eps, p.attack_overrides) for a in table.attacks)
                  + ".")
     points = f"the first {p.n_examples} test points" if p.n_examples else "the whole test set"
+    seeds = max((len(v) for v in table.samples.values()), default=0) or len(grid.seeds)
     check = ("the teachers' best checkpoints" if table.name == "table2" else
              "best-epoch checkpoints (highest (Clean + PGD_TRADES)/2 on the per-epoch evaluation "
              "subset of the test set, as the released code)" if which == "best" else
              "last-epoch checkpoints")
     parts.append(f"Accuracy in percent on {points}; robust = correct clean and attacked; "
                  f"W-R = (Clean + Robust)/2; {check}.")
+    parts.append(f"{seeds} training seed{'s' if seeds != 1 else ''} per cell"
+                 + ("; mean +- std over seeds." if seeds > 1 else
+                    " (one seed: run-to-run training noise is not in the intervals)."))
     parts.append(f"{p.reductions}.")
     if table.name in p.table_notes:
         parts.append(p.table_notes[table.name])
     missing = int(table.frame.isna().to_numpy().sum())
-    parts.append(("Best per column in bold, second underlined. " if table.highlight else "")
+    parts.append((f"Marks per column: {MARK_RULE}. " if table.highlight else "")
                  + (f"-- = not run yet ({missing} values missing)." if missing else
                     "Every value is from a finished run."))
     return " ".join(parts)
 
 
-def _ranks(col: pd.Series) -> list[str]:
-    """``best`` / ``second`` / ``""`` for each value, on the rounded values a reader sees."""
-    shown = col.round(2)
-    values = sorted({v for v in shown if not math.isnan(v)}, reverse=True)
-    best, second = (values + [None, None])[:2]
-    return ["best" if v == best else "second" if v == second else "" for v in shown]
+def entries(table: Table) -> dict[tuple, Entry]:
+    """Every entry of the table's frame with its seeds' statistics."""
+    return {(row, col): entry(table.samples.get((row, col), []))
+            for row in table.frame.index for col in table.frame.columns}
+
+
+def _marks(table: Table, stats: dict[tuple, Entry]) -> dict[tuple, str]:
+    out = {key: "" for key in stats}
+    if table.highlight:
+        rows = list(table.frame.index)
+        for col in table.frame.columns:
+            for row, mark in zip(rows, marks([stats[(r, col)] for r in rows])):
+                out[(row, col)] = mark
+    return out
+
+
+def _shown(table: Table, stats: dict[tuple, Entry], tex: bool = False) -> pd.DataFrame:
+    """The values a reader sees: ``mean`` with one seed, ``mean +- std`` with several."""
+    pm = r" $\pm$ " if tex else " ± "
+
+    def text(row, col) -> str:
+        value = table.frame.loc[row, col]
+        e = stats[(row, col)]
+        if math.isnan(value):
+            return "--"
+        return f"{value:.2f}" + (f"{pm}{e.std:.2f}" if e.seeds > 1 else "")
+
+    return pd.DataFrame([[text(r, c) for c in table.frame.columns] for r in table.frame.index],
+                        index=table.frame.index, columns=table.frame.columns)
 
 
 def to_latex(table: Table, text: str) -> str:
-    frame = table.frame.copy()
+    stats = entries(table)
+    mark = _marks(table, stats)
+    frame = _shown(table, stats, tex=True)
+    wrap = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
+    for row in frame.index:
+        for col in frame.columns:
+            frame.loc[row, col] = wrap[mark[(row, col)]] % frame.loc[row, col]
     frame.columns = frame.columns.map(lambda c: tuple(map(_tex_label, c)) if isinstance(c, tuple)
                                       else _tex_label(c))
     frame.index = frame.index.map(lambda r: tuple(map(_tex_label, r)) if isinstance(r, tuple)
                                   else _tex_label(r))
     frame.columns.names = [tex_escape(n) if n else n for n in table.frame.columns.names]
     frame.index.names = [tex_escape(n) if n else n for n in table.frame.index.names]
-    styler = frame.style.format("{:.2f}", na_rep="--")
-    if table.highlight:
-        props = {"best": "textbf:--rwrap;", "second": "underline:--rwrap;", "": ""}
-        styler = styler.apply(lambda col: [props[r] for r in _ranks(col)], axis=0)
-    return styler.to_latex(caption=tex_escape(text), label=f"tab:{table.name}", hrules=True,
-                           multicol_align="c", position_float="centering",
-                           column_format="l" * frame.index.nlevels + "r" * frame.shape[1])
+    return frame.style.to_latex(caption=tex_escape(text), label=f"tab:{table.name}", hrules=True,
+                                multicol_align="c", position_float="centering",
+                                column_format="l" * frame.index.nlevels + "r" * frame.shape[1])
 
 
 def to_markdown(table: Table, text: str) -> str:
     frame = table.frame
+    stats = entries(table)
+    mark = _marks(table, stats)
+    shown = _shown(table, stats)
     flat = lambda v: " / ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
     names = [n or "" for n in frame.index.names]
     header = names + [flat(c) for c in frame.columns]
-    ranks = {c: _ranks(frame[c]) if table.highlight else [""] * len(frame) for c in frame.columns}
     lines = [f"**{table.name}.** {text}", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(names) + "---:|" * frame.shape[1]]
-    for i, (idx, row) in enumerate(frame.iterrows()):
+    for idx in frame.index:
         cells = list(idx) if isinstance(idx, tuple) else [idx]
         for col in frame.columns:
-            v, r = row[col], ranks[col][i]
-            s = "--" if math.isnan(v) else f"{v:.2f}"
+            s, r = shown.loc[idx, col], mark[(idx, col)]
             cells.append(f"**{s}**" if r == "best" else f"<u>{s}</u>" if r == "second" else s)
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
+def seeds_frame(table: Table) -> pd.DataFrame:
+    """Long form: one row per (entry, seed) with its value and Wilson interval, and the
+    entry's mean, std, seeds, combined interval and mark repeated on each of its rows."""
+    stats = entries(table)
+    mark = _marks(table, stats)
+    flat = lambda v: " / ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    rows = []
+    for (row, col), e in stats.items():
+        for smp in table.samples.get((row, col), []):
+            rows.append({"row": flat(row), "column": flat(col), "seed": smp.seed,
+                         "value": smp.value, "n": smp.n, "wilson_low": smp.low,
+                         "wilson_high": smp.high, "mean": e.mean, "std": e.std, "seeds": e.seeds,
+                         "low": e.low, "high": e.high, "mark": mark[(row, col)]})
+    return pd.DataFrame(rows, columns=["row", "column", "seed", "value", "n", "wilson_low",
+                                       "wilson_high", "mean", "std", "seeds", "low", "high",
+                                       "mark"])
+
+
 def write_table(table: Table, text: str, out: Path, suffix: str = "") -> list[Path]:
-    """``<name><suffix>.csv/.tex/.md`` in ``out``; returns the paths."""
+    """``<name><suffix>.csv/.tex/.md`` (and ``_seeds.csv`` when it has samples) in ``out``."""
     stem = out / f"{table.name}{suffix}"
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".tex"), stem.with_suffix(".md")]
     atomic_write_text(paths[0], table.frame.to_csv(float_format=None))
     atomic_write_text(paths[1], to_latex(table, text))
     atomic_write_text(paths[2], to_markdown(table, text))
+    if table.samples:
+        paths.append(out / f"{table.name}{suffix}_seeds.csv")
+        atomic_write_text(paths[-1], seeds_frame(table).to_csv(index=False))
     return paths
 
 

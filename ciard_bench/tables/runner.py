@@ -1,17 +1,25 @@
-"""Running the grid in one process (cells in order, skip finished, resume interrupted) and
-estimating what is left (``--dry-run``).
+"""Running the grid (cells in dependency order, skip finished, resume interrupted; one
+process, or several workers side by side) and estimating what is left (``--dry-run``).
 
-One process for the whole grid: the first step of each new model shape pays oneDNN's
-warm-up, and a process per cell would pay it (and the imports) every time.
+Workers are long-lived processes (one per worker, not per cell): each pays the imports and
+oneDNN's warm-up once.
 """
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing as mp
+import os
 import statistics
+import sys
 import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
+from ..checkpoint import atomic_write_text
+from ..errors import UserError, quiet_third_party_warnings
 from . import store
 from .grid import Cell, Grid
 
@@ -20,44 +28,202 @@ log = logging.getLogger("ciard_bench.tables")
 TRAIN_SIZES = {"digits": 1438, "cifar10": 50000, "cifar100": 50000, "tiny_imagenet": 100000}
 
 
-def run_cells(grid: Grid, cells: Sequence[Cell], which: str) -> dict[str, Any]:
+def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
+              threads: int = 1) -> dict[str, Any]:
     """Train and evaluate every cell of ``cells`` that is not done; returns a timing summary.
 
-    A cell whose teachers (or transfer source) are neither done nor run before it in this
-    process is ``blocked`` and skipped (run ``--only teacher`` first when sharding).
+    ``workers`` > 1 runs independent cells side by side, each in its own process with
+    ``threads`` torch threads; a cell starts once its teachers (and transfer source) are done.
+    Results do not depend on ``workers``: every cell is seeded on its own and run alone in a
+    process. A cell whose teachers are neither done nor run in this invocation is
+    ``blocked`` (run ``--only teacher`` first when sharding); a cell that fails is reported
+    with its error, and the cells that need it are blocked, the others go on.
     """
-    selected = {c.id for c in cells}
     by_id = grid.by_id()
+    selected = {c.id for c in cells}
     summary: dict[str, Any] = {"cells": {}, "trained": 0, "evaluated": 0, "skipped": 0,
-                               "blocked": []}
+                               "blocked": [], "failed": {}}
     start = time.perf_counter()
     store.write_grid(grid, which, selected)
-    for k, cell in enumerate(cells, 1):
-        state = store.status(grid, cell, which)
-        tag = f"[{k}/{len(cells)}] {cell.id}"
-        if state == store.DONE:
+    todo = []
+    for cell in cells:
+        if store.status(grid, cell, which) == store.DONE:
             summary["skipped"] += 1
-            log.info("%s: done, skipped", tag)
-            continue
-        deps = [by_id[d] for d in (*cell.needs, *([cell.source] if cell.source else []))]
-        waiting = [d.id for d in deps if store.train_state(grid, d) != store.DONE]
-        if waiting:
-            summary["blocked"].append(cell.id)
-            log.warning("%s: blocked, waiting for %s (not trained yet)", tag, ", ".join(waiting))
-            continue
-        times = {}
-        if cell.trained and store.train_state(grid, cell) != store.DONE:
-            log.info("%s: %s", tag, "resuming" if state == store.PARTIAL else "training")
-            times["train_s"] = store.train_cell(grid, cell)
-            summary["trained"] += 1
-        times["eval_s"] = store.evaluate_cell(grid, cell, which)
+        else:
+            todo.append(cell)
+    cost = {c.id: _cell_cost(grid, c, which) for c in todo}
+    progress = Progress(todo, cost, summary["skipped"])
+    pending = {c.id: c for c in todo}
+    running: dict[Any, Cell] = {}
+
+    def deps(cell: Cell) -> list[str]:
+        return [d for d in (*cell.needs, *([cell.source] if cell.source else []))]
+
+    def ready(cell: Cell) -> str:
+        """``go`` | ``wait`` (a dependency runs in this invocation) | ``blocked``."""
+        for d in deps(cell):
+            if store.train_state(grid, by_id[d]) == store.DONE:
+                continue
+            if d in pending or any(c.id == d for c in running.values()):
+                return "wait"
+            return "blocked"
+        return "go"
+
+    def finished(cell: Cell, outcome: dict) -> None:
+        if "error" in outcome:
+            summary["failed"][cell.id] = outcome["error"]
+            progress.line(f"{cell.id}: FAILED: {outcome['error']} (log: "
+                          f"{grid.run_dir(cell) / 'cell-error.log'})", done=cell.id)
+            return
+        times = {k: outcome[k] for k in ("train_s", "eval_s") if k in outcome}
+        summary["trained"] += "train_s" in times
         summary["evaluated"] += 1
         summary["cells"][cell.id] = times
         store.write_grid(grid, which, selected)
-        log.info("%s: %s", tag, ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in times.items()))
+        progress.line(f"{cell.id}: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items())
+                      + _headline(grid, cell, which), done=cell.id)
+
+    pool = _pool(workers, threads) if workers > 1 else None
+    try:
+        while pending or running:
+            launched = False
+            for cid, cell in list(pending.items()):
+                state = ready(cell)
+                if state == "wait" or (pool is not None and len(running) >= workers):
+                    continue
+                del pending[cid]
+                if state == "blocked":
+                    waiting = [d for d in deps(cell) if store.train_state(grid, by_id[d]) != store.DONE]
+                    summary["blocked"].append(cid)
+                    progress.line(f"{cid}: blocked, waiting for {', '.join(waiting)} "
+                                  "(not trained yet)", done=cid)
+                    continue
+                launched = True
+                if pool is None:
+                    finished(cell, run_cell(grid, cell, which))
+                else:
+                    running[pool.submit(run_cell, grid, cell, which)] = cell
+            if running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell = running.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool as err:
+                        raise UserError(f"a worker process died (killed, or out of memory) while "
+                                        f"running {cell.id}; run the command again: finished "
+                                        "cells are kept and interrupted ones resume") from err
+                    finished(cell, outcome)
+            elif pending and not launched:   # every pending cell waits on a failed one
+                for cid in list(pending):
+                    summary["blocked"].append(cid)
+                    progress.line(f"{cid}: blocked, a cell it needs failed", done=cid)
+                    del pending[cid]
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     summary["wall_s"] = time.perf_counter() - start
     summary["by_kind"] = _by_kind(grid, cells, summary["cells"])
     return summary
+
+
+def run_cell(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell; ``{"train_s", "eval_s"}`` or ``{"error"}``.
+
+    Runs in a worker process or in the main one. An error is returned, not raised, so one
+    failed cell does not stop the grid; its traceback goes to ``cell-error.log`` in the run
+    folder.
+    """
+    times: dict[str, Any] = {}
+    try:
+        if cell.trained and store.train_state(grid, cell) != store.DONE:
+            times["train_s"] = store.train_cell(grid, cell)
+        times["eval_s"] = store.evaluate_cell(grid, cell, which)
+    except (UserError, RuntimeError, OSError) as err:   # NonFiniteLoss is a UserError
+        message = " ".join(str(err).split()) or type(err).__name__
+        grid.run_dir(cell).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(grid.run_dir(cell) / "cell-error.log", traceback.format_exc())
+        return {**times, "error": f"{type(err).__name__}: {message}"}
+    return times
+
+
+def _headline(grid: Grid, cell: Cell, which: str) -> str:
+    ev = store.read_json(store.eval_path(grid, cell, which)) or {}
+    parts = [f"clean {ev['clean']['accuracy']:.1f} %"] if "clean" in ev else []
+    if "clean_whole_test_set" in ev:
+        whole = ev["clean_whole_test_set"]
+        parts.append(f"clean {whole['accuracy']:.1f} % on all {whole['n']} test points")
+    attacks = ev.get("attacks", {})
+    for name in ("pgd_trades", "aa"):
+        if name in attacks:
+            parts.append(f"{name.upper()} {attacks[name]['accuracy']:.1f} %")
+    return f" -- {', '.join(parts)}" if parts else ""
+
+
+def _init_worker(threads: int, levels: dict[str, int]) -> None:
+    """Worker start: one torch thread count, quiet third-party warnings, the main process's
+    log levels; and on Linux the worker dies with the main process (a killed grid leaves no
+    orphan writing into the results)."""
+    import torch
+
+    quiet_third_party_warnings()
+    logging.basicConfig(level=levels.pop(""), format="%(message)s", stream=sys.stderr)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    os.environ["OMP_NUM_THREADS"] = str(threads)     # inherited by the spawned workers
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker,
+                               initargs=(threads, _log_levels()))
+
+
+def _log_levels() -> dict[str, int]:
+    """The root level (key "") and every ciard_bench logger's own level."""
+    levels = {"": logging.getLogger().getEffectiveLevel()}
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("ciard_bench") and isinstance(logger, logging.Logger) and logger.level:
+            levels[name] = logger.level
+    return levels
+
+
+class Progress:
+    """One bar over the whole grid, in estimated seconds of work (so the ETA weighs a
+    MobileNet cell more than an ablation), and a line per finished cell above it."""
+
+    def __init__(self, cells: Sequence[Cell], cost: dict[str, float], skipped: int):
+        from tqdm import tqdm
+
+        self.cost, self.n, self.k = cost, len(cells), 0
+        total = max(sum(cost.values()), 1e-9)
+        self.bar = tqdm(total=total, desc=f"grid: {self.n} cells to run", unit="s",
+                        bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]",
+                        disable=None if self.n else True, dynamic_ncols=True, file=sys.stderr)
+        if skipped:
+            log.info("%d cells already done, skipped", skipped)
+
+    def line(self, text: str, done: str) -> None:
+        self.k += 1
+        self.bar.write(f"[{self.k}/{self.n}] {text}", file=sys.stderr)
+        self.bar.update(self.cost.get(done, 0.0))
+        self.bar.set_description(f"grid: {self.k}/{self.n} cells")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _cell_cost(grid: Grid, cell: Cell, which: str) -> float:
+    """Estimated seconds of work left in a cell (measured where the store has timings)."""
+    row = estimate(grid, [cell], which)["cells"][0]
+    return row["train_s"] + row["eval_s"] if math.isfinite(row["train_s"]) else 60.0
 
 
 def _by_kind(grid: Grid, cells: Sequence[Cell], ran: dict) -> dict[str, dict[str, float]]:

@@ -74,7 +74,7 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
 def eval_key(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
     """Everything an evaluation result depends on; a stored result with another key is stale."""
     p = grid.preset
-    return {"attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": p.seed,
+    return {"attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": cell.seed,
             "eps": cell.config.eps if cell.config else 8 / 255, "which": which,
             "overrides": {a: p.attack_overrides[a] for a in cell.attacks
                           if a in p.attack_overrides},
@@ -170,20 +170,36 @@ def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     cache = out.with_name(out.name + ".partial.json")
     start = time.perf_counter()
     result = evaluate(model, x, y, list(cell.attacks), key["eps"], batch_size=p.eval_batch_size,
-                      seed=p.seed, n_classes=data.num_classes, device=device, source=source,
+                      seed=cell.seed, n_classes=data.num_classes, device=device, source=source,
                       expensive_checks=cell.kind != "ablation",
                       sanity_examples=p.sanity_examples,
                       aa_state=grid.run_dir(cell) / f"aa-state-{which}.json",
                       overrides=key["overrides"], cache=cache)
     seconds = time.perf_counter() - start
+    if n < len(data.y_test):   # a cheap check that the model learned the whole test set
+        result["clean_whole_test_set"] = _clean_accuracy(model, data, p.eval_batch_size, device)
     result.update({"cell": cell.id, "dataset": cell.dataset, "row": cell.row,
                    "checkpoint": which if cell.kind != "teacher" else "best",
                    "source_cell": cell.source if source is not None else None,
-                   "tables_key": key, "provenance": provenance(device, p.seed)})
+                   "tables_key": key, "provenance": provenance(device, cell.seed)})
     atomic_write_json(out, result)
     cache.unlink(missing_ok=True)
     _record_timing(grid, cell, eval_s=seconds)
     return seconds
+
+
+def _clean_accuracy(model: Any, data: Any, batch_size: int, device: Any) -> dict[str, Any]:
+    import torch
+
+    from ..data import to_float_nchw
+    from ..evaluate import predict
+    from ..evaluate.engine import wilson
+
+    model.eval()
+    with torch.no_grad():
+        pred = predict(model, to_float_nchw(data.x_test).contiguous(), batch_size, device)
+    k, n = int((pred == data.y_test.cpu()).sum()), len(data.y_test)
+    return {"accuracy": 100.0 * k / n, "n": n, "ci95": wilson(k, n)}
 
 
 def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dict[str, Any]:
