@@ -59,9 +59,10 @@ PROTOCOL: dict[str, dict[str, Any]] = {
                   "version": "custom", "attacks": ["square"], "seed": 0, "n_classes": 10,
                   "batch_size": 250, "n_iter": 100, "square_n_queries": 5000},
     # n_iter: APGD / FAB iterations; 9 target classes (fewer when n_classes < 10)
+    # apgd_n_restarts None: pyautoattack's own (1 in standard, 5 in custom)
     "aa": {"kind": "white-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
            "version": "standard", "attacks": None, "seed": 0, "n_classes": 10,
-           "batch_size": 250, "n_iter": 100, "square_n_queries": 5000},
+           "batch_size": 250, "n_iter": 100, "square_n_queries": 5000, "apgd_n_restarts": None},
     "transfer_pgd_trades": {"kind": "transfer", "base": "pgd_trades", "crafted_on": "source"},
     "transfer_cw_inf": {"kind": "transfer", "base": "cw_inf", "crafted_on": "source"},
     "noise": {"kind": "sanity", "impl": "ciard_bench.attacks.UniformNoise",
@@ -111,7 +112,8 @@ def _aa_derived(s: dict) -> dict:
                         "standard, or custom with attacks from apgd-ce, apgd-dlr, apgd-t, "
                         "fab, fab-t, square")
     return {"attacks": list(s["attacks"]), "apgd_t_n_target_classes": n_target,
-            "fab_t_n_target_classes": n_target}
+            "fab_t_n_target_classes": n_target,
+            "apgd_n_restarts": 5 if s.get("apgd_n_restarts") is None else int(s["apgd_n_restarts"])}
 
 
 def cw_margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -222,6 +224,7 @@ class AutoAttackAdapter(Attack):
         for part in (self.aa.apgd, self.aa.apgd_targeted, self.aa.fab):
             part.n_iter = s["n_iter"]
         self.aa.square.n_queries = s["square_n_queries"]
+        self.aa.apgd.n_restarts = s["apgd_n_restarts"]
         self.state_path = Path(state_path) if state_path is not None else None
         self.robust_flags: torch.Tensor | None = None  # per point of the last call
         self.from_state: torch.Tensor | None = None    # broken before a resume: no x_adv
@@ -260,7 +263,8 @@ class AutoAttackAdapter(Attack):
 
     def _fingerprint(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         keys = ("eps", "norm", "version", "attacks", "seed", "batch_size", "n_iter",
-                "square_n_queries", "apgd_t_n_target_classes", "fab_t_n_target_classes")
+                "square_n_queries", "apgd_t_n_target_classes", "fab_t_n_target_classes",
+                "apgd_n_restarts")
         # content hashes, as the evaluation cache: the same points in another order (or any
         # other points with equal sums) must not resume this state's per-point robust flags
         return {"n": len(labels), "shape": list(images.shape), "dtype": str(images.dtype),

@@ -65,7 +65,7 @@ def fake_done(grid, cell, clean: float, robust: dict[str, float], which="best", 
 @pytest.fixture
 def fixture_store(tmp_path):
     grid = build_grid(reduced_preset(), tmp_path / "res")
-    values = {"SAT": 50.0, "MTARD": 70.0, "CIARD": 80.0}   # B-MTARD not run
+    values = {"SAT": 50.0, "CIARD": 80.0}                  # MTARD not run
     for cell in grid.cells:
         if cell.kind == "teacher":
             fake_done(grid, cell, 90.0, {"fgsm": 10.0, "pgd_sat": 5.0})
@@ -86,7 +86,7 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
     assert t3.loc["CIARD", ("FGSM", "digits", "Clean")] == 90.0
     assert t3.loc["CIARD", ("PGD_SAT", "digits", "Robust")] == 41.0      # 80 - 40 + 1
     assert t3.loc["SAT", ("PGD_SAT", "digits", "W-R")] == (60.0 + 11.0) / 2
-    assert math.isnan(t3.loc["B-MTARD", ("FGSM", "digits", "Clean")])     # not run: missing
+    assert math.isnan(t3.loc["MTARD", ("FGSM", "digits", "Clean")])       # not run: missing
     assert tables["table4"].frame.isna().all().all()                      # no MobileNet run
     t7 = tables["table7"].frame
     assert t7.loc["baseline"].tolist() == [30.0, 70.0, 50.0]
@@ -109,17 +109,17 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
     latex = tex.read_text()
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
     assert "\\caption{" in latex and "resnet18\\_tiny" in latex
-    # FGSM Clean column: CIARD 90 best, MTARD 80 second (2000 points: the intervals
-    # separate 10 pp); missing rows print "--"
+    # FGSM Clean column: CIARD 90 best (2000 points: the intervals separate it from SAT's
+    # 60); SAT, second of two, has no row below it to be separated from; missing rows "--"
     ciard = next(line for line in latex.splitlines() if line.startswith("CIARD"))
+    sat = next(line for line in latex.splitlines() if line.startswith("SAT"))
     mtard = next(line for line in latex.splitlines() if line.startswith("MTARD"))
-    bmtard = next(line for line in latex.splitlines() if line.startswith("B-MTARD"))
     assert ciard.split("&")[1].strip() == "\\textbf{90.00}"
-    assert mtard.split("&")[1].strip() == "\\underline{80.00}"
-    assert bmtard.split("&")[1].strip() == "--"
+    assert sat.split("&")[1].strip() == "60.00"
+    assert mtard.split("&")[1].strip() == "--"
     markdown = md.read_text()
-    assert "| CIARD | **90.00** |" in markdown and "<u>80.00</u>" in markdown
-    assert "| B-MTARD | -- |" in markdown
+    assert "| CIARD | **90.00** |" in markdown and "| SAT | 60.00 |" in markdown
+    assert "| MTARD | -- |" in markdown
     assert "lies above every other row's" in text and "1 training seed per cell" in text
 
 
@@ -127,8 +127,8 @@ def test_marks_need_intervals_that_separate(fixture_store, tmp_path):
     # the same values on 16 points: Wilson intervals of +-20 pp overlap, nothing is marked
     grid = fixture_store
     for cell in grid.cells:
-        if cell.kind == "student" and cell.student == "resnet18" and cell.row in ("MTARD", "CIARD"):
-            v = {"MTARD": 70.0, "CIARD": 80.0}[cell.row]
+        if cell.kind == "student" and cell.student == "resnet18" and cell.row in ("SAT", "CIARD"):
+            v = {"SAT": 70.0, "CIARD": 80.0}[cell.row]
             fake_done(grid, cell, v + 10, {a: v - 40 + i for i, a in enumerate(cell.attacks)}, n=16)
     table = next(t for t in all_tables(grid, "best") if t.name == "table3")
     markdown = render.to_markdown(table, "caption")
@@ -153,14 +153,14 @@ def test_paper_comparison_uses_printed_numbers(fixture_store):
 def test_shards_cover_the_grid_exactly_once(tmp_path):
     grid = build_grid(reduced_preset(), tmp_path)
     ids = [c.id for c in grid.cells]
-    assert len(ids) == len(set(ids)) == 12         # 2 teachers, 4 methods x 2 students, 2 ablations
+    assert len(ids) == len(set(ids)) == 10         # 2 teachers, 3 methods x 2 students, 2 ablations
     assert {c.config.dataset for c in grid.cells} == {"digits"}
     paper = build_grid(get_preset("paper"), tmp_path / "paper")
     assert len(paper.cells) == 46 and not paper.by_id()["cifar100/teachers/robust/seed0"].trained
     assert all(c.config.dataset == c.dataset for c in paper.cells if c.trained)
     ciard = paper.by_id()["cifar100/resnet18/ciard/seed0"]
     assert ciard.config.robust_teacher == "rb:Gowal2020Uncovering"
-    for n in (1, 2, 3, 5, 12, 30):
+    for n in (1, 2, 3, 5, 10, 30):
         parts = [[c.id for c in shard_cells(grid.cells, (i, n))] for i in range(n)]
         flat = [cid for part in parts for cid in part]
         assert sorted(flat) == sorted(ids) and len(flat) == len(ids)
@@ -267,11 +267,16 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
 
 
 def test_shard_without_teachers_blocks_students_and_renders_missing(tmp_path):
-    assert _run_tiny(tmp_path, ["--only", "student", "--shard", "0/1"]) == 0
+    # MTARD distils from both teachers: not trained. SAT trains without a teacher, but its
+    # evaluation needs the robust teacher (transfer attacks): trained, evaluation blocked.
+    assert main(["--results-dir", str(tmp_path), *REDUCED, "--students", "resnet18",
+                 "--methods", "sat,mtard", "--no-figures", "--only", "student",
+                 "--shard", "0/1"]) == 0
     grid_json = json.loads((tmp_path / "grid.json").read_text())
-    assert grid_json["runs"][-1]["blocked"] == ["digits/resnet18/sat/seed0"]
-    assert grid_json["counts"] == {"missing": 3}
-    assert not (tmp_path / "runs").exists()                       # nothing trained
+    assert grid_json["runs"][-1]["blocked"] == ["digits/resnet18/sat/seed0",
+                                                "digits/resnet18/mtard/seed0"]
+    assert grid_json["counts"] == {"missing": 3, "trained": 1}
+    assert [p.name for p in (tmp_path / "runs/digits/resnet18").iterdir()] == ["sat"]
     assert "-- = not run yet" in (tmp_path / "table3.md").read_text()
 
 

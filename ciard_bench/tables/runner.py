@@ -32,12 +32,15 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
               threads: int = 1) -> dict[str, Any]:
     """Train and evaluate every cell of ``cells`` that is not done; returns a timing summary.
 
-    ``workers`` > 1 runs independent cells side by side, each in its own process with
-    ``threads`` torch threads; a cell starts once its teachers (and transfer source) are done.
-    Results do not depend on ``workers``: every cell is seeded on its own and run alone in a
-    process. A cell whose teachers are neither done nor run in this invocation is
-    ``blocked`` (run ``--only teacher`` first when sharding); a cell that fails is reported
-    with its error, and the cells that need it are blocked, the others go on.
+    Each cell is two tasks: training (once the teachers it distils from are trained) and
+    evaluation (once it and its transfer source are trained). With ``workers`` > 1 tasks
+    run side by side, each in a worker process with ``threads`` torch threads, the most
+    costly ready task first (so the long MobileNet cells do not end the grid alone); with
+    one worker they run in grid order. Results do not depend on ``workers``: every task is
+    seeded on its own and runs alone in its process. A cell whose teachers are neither
+    trained nor trained in this invocation is ``blocked`` (run ``--only teacher`` first when
+    sharding); a task that fails is reported with its error, the tasks that need it are
+    blocked, the others go on.
     """
     by_id = grid.by_id()
     selected = {c.id for c in cells}
@@ -51,34 +54,46 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
             summary["skipped"] += 1
         else:
             todo.append(cell)
-    cost = {c.id: _cell_cost(grid, c, which) for c in todo}
-    progress = Progress(todo, cost, summary["skipped"])
-    pending = {c.id: c for c in todo}
-    running: dict[Any, Cell] = {}
+    costs = {c.id: _task_costs(grid, c, which) for c in todo}
+    progress = Progress(todo, {cid: sum(c.values()) for cid, c in costs.items()},
+                        summary["skipped"])
+    pending = [(c, "train") for c in todo if c.trained and store.train_state(grid, c) != store.DONE]
+    pending += [(c, "eval") for c in todo]
+    pending.sort(key=lambda t: (todo.index(t[0]), t[1] == "eval"))     # grid order
+    running: dict[Any, tuple[Cell, str]] = {}
+    failed: set[str] = set()
 
-    def deps(cell: Cell) -> list[str]:
-        return [d for d in (*cell.needs, *([cell.source] if cell.source else []))]
+    def training(cid: str) -> bool:   # its training is pending or running in this invocation
+        return any(c.id == cid and kind == "train"
+                   for c, kind in (*pending, *running.values()))
 
-    def ready(cell: Cell) -> str:
-        """``go`` | ``wait`` (a dependency runs in this invocation) | ``blocked``."""
-        for d in deps(cell):
-            if store.train_state(grid, by_id[d]) == store.DONE:
-                continue
-            if d in pending or any(c.id == d for c in running.values()):
-                return "wait"
-            return "blocked"
+    def ready(cell: Cell, kind: str) -> str:
+        """``go`` | ``wait`` (a dependency trains in this invocation) | ``blocked``."""
+        deps = list(cell.needs)
+        if kind == "eval":
+            deps += [cell.id] if cell.trained else []
+            deps += [cell.source] if cell.source else []
+        for d in deps:
+            if d in failed:
+                return "blocked"
+            if store.train_state(grid, by_id[d]) != store.DONE:
+                return "wait" if training(d) else "blocked"
         return "go"
 
-    def finished(cell: Cell, outcome: dict) -> None:
+    def finished(cell: Cell, kind: str, outcome: dict) -> None:
+        times = summary["cells"].setdefault(cell.id, {})
         if "error" in outcome:
+            failed.add(cell.id)
             summary["failed"][cell.id] = outcome["error"]
-            progress.line(f"{cell.id}: FAILED: {outcome['error']} (log: "
+            progress.line(f"{cell.id}: {kind} FAILED: {outcome['error']} (traceback: "
                           f"{grid.run_dir(cell) / 'cell-error.log'})", done=cell.id)
             return
-        times = {k: outcome[k] for k in ("train_s", "eval_s") if k in outcome}
-        summary["trained"] += "train_s" in times
+        times.update(outcome)
+        if kind == "train":
+            summary["trained"] += 1
+            progress.advance(costs[cell.id].get("train", 0.0), cell.id)
+            return
         summary["evaluated"] += 1
-        summary["cells"][cell.id] = times
         store.write_grid(grid, which, selected)
         progress.line(f"{cell.id}: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items())
                       + _headline(grid, cell, which), done=cell.id)
@@ -86,66 +101,79 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
     pool = _pool(workers, threads) if workers > 1 else None
     try:
         while pending or running:
+            order = pending if pool is None else sorted(
+                pending, key=lambda t: -costs[t[0].id].get(t[1], 0.0))
             launched = False
-            for cid, cell in list(pending.items()):
-                state = ready(cell)
-                if state == "wait" or (pool is not None and len(running) >= workers):
+            for task in order:
+                if pool is not None and len(running) >= workers:
+                    break
+                cell, kind = task
+                state = ready(cell, kind)
+                if state == "wait":
                     continue
-                del pending[cid]
+                pending.remove(task)
                 if state == "blocked":
-                    waiting = [d for d in deps(cell) if store.train_state(grid, by_id[d]) != store.DONE]
-                    summary["blocked"].append(cid)
-                    progress.line(f"{cid}: blocked, waiting for {', '.join(waiting)} "
-                                  "(not trained yet)", done=cid)
+                    _block(cell, kind, pending, summary, progress, grid, by_id, failed)
                     continue
                 launched = True
                 if pool is None:
-                    finished(cell, run_cell(grid, cell, which))
-                else:
-                    running[pool.submit(run_cell, grid, cell, which)] = cell
+                    finished(cell, kind, run_task(grid, cell, kind, which))
+                    break                        # re-check readiness in grid order
+                running[pool.submit(run_task, grid, cell, kind, which)] = task
             if running:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
-                    cell = running.pop(future)
+                    cell, kind = running.pop(future)
                     try:
                         outcome = future.result()
                     except BrokenProcessPool as err:
                         raise UserError(f"a worker process died (killed, or out of memory) while "
                                         f"running {cell.id}; run the command again: finished "
                                         "cells are kept and interrupted ones resume") from err
-                    finished(cell, outcome)
-            elif pending and not launched:   # every pending cell waits on a failed one
-                for cid in list(pending):
-                    summary["blocked"].append(cid)
-                    progress.line(f"{cid}: blocked, a cell it needs failed", done=cid)
-                    del pending[cid]
+                    finished(cell, kind, outcome)
+            elif pending and not launched:   # every pending task waits on a failed one
+                cell, kind = pending.pop(0)
+                _block(cell, kind, pending, summary, progress, grid, by_id, failed)
     finally:
         progress.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    summary["cells"] = {k: v for k, v in summary["cells"].items() if v}
     summary["wall_s"] = time.perf_counter() - start
     summary["by_kind"] = _by_kind(grid, cells, summary["cells"])
     return summary
 
 
-def run_cell(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
-    """Train (or resume) and evaluate one cell; ``{"train_s", "eval_s"}`` or ``{"error"}``.
+def _block(cell: Cell, kind: str, pending: list, summary: dict, progress: "Progress", grid: Grid,
+           by_id: dict, failed: set) -> None:
+    """Report a cell whose dependencies will not be trained here; drop its other task."""
+    for task in [t for t in pending if t[0].id == cell.id]:
+        pending.remove(task)
+    deps = [*cell.needs, *([cell.source] if cell.source else [])]
+    waiting = [d for d in deps if d in failed or store.train_state(grid, by_id[d]) != store.DONE]
+    failed.add(cell.id)                  # what needs this cell is blocked too
+    summary["blocked"].append(cell.id)
+    progress.line(f"{cell.id}: blocked, waiting for {', '.join(waiting) or 'its training'} "
+                  "(not trained yet)", done=cell.id)
+
+
+def run_task(grid: Grid, cell: Cell, kind: str, which: str) -> dict[str, Any]:
+    """Train (or resume) a cell, or evaluate it: ``{"train_s"}`` / ``{"eval_s"}`` or
+    ``{"error"}``.
 
     Runs in a worker process or in the main one. An error is returned, not raised, so one
     failed cell does not stop the grid; its traceback goes to ``cell-error.log`` in the run
     folder.
     """
-    times: dict[str, Any] = {}
     try:
-        if cell.trained and store.train_state(grid, cell) != store.DONE:
-            times["train_s"] = store.train_cell(grid, cell)
-        times["eval_s"] = store.evaluate_cell(grid, cell, which)
+        if kind == "train":
+            return {"train_s": store.train_cell(grid, cell)}
+        return {"eval_s": store.evaluate_cell(grid, cell, which)}
     except (UserError, RuntimeError, OSError) as err:   # NonFiniteLoss is a UserError
         message = " ".join(str(err).split()) or type(err).__name__
         grid.run_dir(cell).mkdir(parents=True, exist_ok=True)
         atomic_write_text(grid.run_dir(cell) / "cell-error.log", traceback.format_exc())
-        return {**times, "error": f"{type(err).__name__}: {message}"}
-    return times
+        return {"error": f"{type(err).__name__}: {message}"}
 
 
 def _headline(grid: Grid, cell: Cell, which: str) -> str:
@@ -202,7 +230,7 @@ class Progress:
     def __init__(self, cells: Sequence[Cell], cost: dict[str, float], skipped: int):
         from tqdm import tqdm
 
-        self.cost, self.n, self.k = cost, len(cells), 0
+        self.cost, self.n, self.k, self.done = cost, len(cells), 0, {}
         total = max(sum(cost.values()), 1e-9)
         self.bar = tqdm(total=total, desc=f"grid: {self.n} cells to run", unit="s",
                         bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]",
@@ -211,19 +239,27 @@ class Progress:
             log.info("%d cells already done, skipped", skipped)
 
     def line(self, text: str, done: str) -> None:
+        """A cell is finished (or failed, or blocked): its line, and the bar moves past it."""
         self.k += 1
         self.bar.write(f"[{self.k}/{self.n}] {text}", file=sys.stderr)
-        self.bar.update(self.cost.get(done, 0.0))
+        self.advance(self.cost.get(done, 0.0) - self.done.get(done, 0.0), done)
         self.bar.set_description(f"grid: {self.k}/{self.n} cells")
+
+    def advance(self, seconds: float, cell: str | None = None) -> None:
+        if cell is not None:
+            self.done[cell] = self.done.get(cell, 0.0) + seconds
+        self.bar.update(seconds)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def _cell_cost(grid: Grid, cell: Cell, which: str) -> float:
-    """Estimated seconds of work left in a cell (measured where the store has timings)."""
+def _task_costs(grid: Grid, cell: Cell, which: str) -> dict[str, float]:
+    """Estimated seconds of the cell's training (left) and evaluation, from measured cells
+    of its kind where the store has them (the preset's stated assumption before)."""
     row = estimate(grid, [cell], which)["cells"][0]
-    return row["train_s"] + row["eval_s"] if math.isfinite(row["train_s"]) else 60.0
+    return {"train": row["train_s"] if math.isfinite(row["train_s"]) else 60.0,
+            "eval": row["eval_s"] if math.isfinite(row["eval_s"]) else 30.0}
 
 
 def _by_kind(grid: Grid, cells: Sequence[Cell], ran: dict) -> dict[str, dict[str, float]]:
