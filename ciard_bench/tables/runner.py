@@ -34,9 +34,10 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
 
     Each cell is two tasks: training (once the teachers it distils from are trained) and
     evaluation (once it and its transfer source are trained). With ``workers`` > 1 tasks
-    run side by side, each in a worker process with ``threads`` torch threads, the most
-    costly ready task first (so the long MobileNet cells do not end the grid alone); with
-    one worker they run in grid order. Results do not depend on ``workers``: every task is
+    run side by side, each in a worker process with ``threads`` torch threads: first the
+    training that most cells wait for (the teachers), then the most costly ready task (so
+    the long MobileNet cells do not end the grid alone); with one worker they run in grid
+    order. Results do not depend on ``workers``: every task is
     seeded on its own and runs alone in its process. A cell whose teachers are neither
     trained nor trained in this invocation is ``blocked`` (run ``--only teacher`` first when
     sharding); a task that fails is reported with its error, the tasks that need it are
@@ -80,6 +81,13 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
                 return "wait" if training(d) else "blocked"
         return "go"
 
+    needed_by = {c.id: sum(c.id in (*o.needs, o.source) for o in todo) for c in todo}
+
+    def priority(task: tuple[Cell, str]) -> tuple:
+        """Critical path first: training that most cells wait for, then the costliest."""
+        cell, kind = task
+        return (-needed_by[cell.id] if kind == "train" else 0, -costs[cell.id].get(kind, 0.0))
+
     def finished(cell: Cell, kind: str, outcome: dict) -> None:
         times = summary["cells"].setdefault(cell.id, {})
         if "error" in outcome:
@@ -101,8 +109,7 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
     pool = _pool(workers, threads) if workers > 1 else None
     try:
         while pending or running:
-            order = pending if pool is None else sorted(
-                pending, key=lambda t: -costs[t[0].id].get(t[1], 0.0))
+            order = pending if pool is None else sorted(pending, key=priority)
             launched = False
             for task in order:
                 if pool is not None and len(running) >= workers:
