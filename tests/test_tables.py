@@ -336,3 +336,23 @@ def test_rerun_gives_identical_tables_with_any_number_of_workers(tmp_path):
             a = (tmp_path / "a" / f"{name}{ext}").read_text()
             assert a == (tmp_path / "b" / f"{name}{ext}").read_text(), name + ext
     assert "--" not in (tmp_path / "a" / "table3.csv").read_text()
+
+
+def test_a_moved_results_folder_still_matches_its_grid(tmp_path):
+    import shutil
+
+    grid = build_grid(reduced_preset(), tmp_path / "here", methods=["mtard"], students=["resnet18"])
+    for cell in grid.cells:
+        fake_done(grid, cell, 90.0, {})
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    moved = build_grid(reduced_preset(), tmp_path / "there", methods=["mtard"],
+                       students=["resnet18"])
+    student = moved.by_id()["digits/resnet18/mtard/seed0"]
+    assert str(tmp_path / "here") in json.loads(
+        (moved.run_dir(student) / "result.json").read_text())["config"]["robust_teacher"]
+    assert store.train_state(moved, student) == store.DONE
+    # a different teacher is still a different config
+    other = build_grid(reduced_preset(), tmp_path / "there", methods=["mtard"],
+                       students=["resnet18"], teacher_specs={"robust": "resnet8=/x.pt"})
+    with pytest.raises(UserError, match="robust_teacher"):
+        store.train_state(other, other.by_id()["digits/resnet18/mtard/seed0"])

@@ -65,10 +65,21 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
     saved = (read_json(grid.run_dir(cell) / "result.json") or {}).get("config", {})
     now = resolve(cell.config).to_dict()
     for key in sorted(set(saved) | set(now)):
+        if key in ("clean_teacher", "robust_teacher"):   # a moved results folder is the same
+            if _in_grid(saved.get(key)) == _in_grid(now.get(key)):
+                continue
         if key not in RESUME_FREE_KEYS and saved.get(key) != now.get(key):
             raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
                             f"{key}={saved.get(key)!r}, the grid now asks for {now.get(key)!r}; "
                             "delete that folder or choose another --results-dir")
+
+
+def _in_grid(spec: Any) -> Any:
+    """A teacher spec inside a results folder (``.../runs/<cell id>``) as ``runs/<cell id>``,
+    so a results folder that was moved or cloned elsewhere still matches its grid."""
+    if isinstance(spec, str) and "/runs/" in spec:
+        return "runs/" + spec.rsplit("/runs/", 1)[1]
+    return spec
 
 
 def eval_key(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
