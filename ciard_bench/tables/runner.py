@@ -34,10 +34,11 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
 
     Each cell is two tasks: training (once the teachers it distils from are trained) and
     evaluation (once it and its transfer source are trained). With ``workers`` > 1 tasks
-    run side by side, each in a worker process with ``threads`` torch threads: first the
-    training that most cells wait for (the teachers), then the most costly ready task (so
-    the long MobileNet cells do not end the grid alone); with one worker they run in grid
-    order. Results do not depend on ``workers``: every task is
+    run side by side, each in a worker process with ``threads`` torch threads, seed by
+    seed: first the training that other cells wait for (the teachers), then ready
+    evaluations (a cell is finished as early as it can be), then the most costly training
+    (so the long MobileNet cells do not end the grid alone); with one worker they run in
+    grid order. Results do not depend on ``workers``: every task is
     seeded on its own and runs alone in its process. A cell whose teachers are neither
     trained nor trained in this invocation is ``blocked`` (run ``--only teacher`` first when
     sharding); a task that fails is reported with its error, the tasks that need it are
@@ -84,9 +85,13 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
     needed_by = {c.id: sum(c.id in (*o.needs, o.source) for o in todo) for c in todo}
 
     def priority(task: tuple[Cell, str]) -> tuple:
-        """Critical path first: training that most cells wait for, then the costliest."""
+        """Seed by seed (an interrupted study has whole seeds); within a seed the training
+        that other cells wait for (the teachers) first, then evaluations (a cell finishes
+        as soon as it can), then the costliest training."""
         cell, kind = task
-        return (-needed_by[cell.id] if kind == "train" else 0, -costs[cell.id].get(kind, 0.0))
+        rank = -needed_by[cell.id] if kind == "train" and needed_by[cell.id] else \
+            (0 if kind == "eval" else 1)
+        return (cell.seed, rank, -costs[cell.id].get(kind, 0.0))
 
     def finished(cell: Cell, kind: str, outcome: dict) -> None:
         times = summary["cells"].setdefault(cell.id, {})
