@@ -1,9 +1,9 @@
 """ABSLD: Anti-Bias Soft Label Distillation (Zhao et al., "Improving Adversarial Robust Fairness
 via Anti-Bias Soft Label Distillation", NeurIPS 2024, arXiv 2312.05508). Equations below are
-written in METHODS.md notation (equation numbers of the paper were not verified).
+written in docs/methods.md notation (equation numbers of the paper were not verified).
 
 Official code: github.com/zhaoshiji123/ABSLD (``absld_loss.py::absld_inner_loss``,
-``resnet18_absld_cifar10.py``); METHODS.md §9, §15.
+``resnet18_absld_cifar10.py``); docs/methods.md#absld.
 * RSLAD (see ``rslad.py``: teacher on clean x, KL-sum PGD from the teacher's soft label with the
   student in eval mode and a Gaussian start, 5/6 adversarial + 1/6 natural KLe) with the teacher
   logits divided by class temperatures tau^adv_{y_i}, tau^nat_{y_i} (all 1 at the start).

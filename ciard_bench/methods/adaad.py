@@ -1,9 +1,9 @@
 """AdaAD: Adaptive Adversarial Distillation (Huang et al., "Boosting Accuracy and Robustness of
 Student Models via Adaptive Adversarial Distillation", CVPR 2023). Equations below in
-METHODS.md notation.
+the notation of docs/methods.md.
 
 Official code: github.com/boyellow/AdaAD (``AT_helper.py::adaad_inner_loss``, ``main.py``,
-README commands); METHODS.md §10.
+README commands); docs/methods.md#adaad.
 * Inner ("adaptive": the teacher is queried at the moving point): maximise
   sum_{i,k} KL(softmax(f_T(x')) || softmax(f_S(x'))); the gradient w.r.t. x' flows through BOTH
   networks (teacher output not detached); student and teacher in eval mode; Gaussian start
@@ -16,7 +16,7 @@ README commands); METHODS.md §10.
 Switches: ``adv_weight`` (the code's ``AdaAD_alpha``; ``--alpha`` is the engine's PGD step);
 ``c100_scale`` = 100: the CIFAR-100 branch reduces with sum / B (batchmean) instead of
 sum / (B C), i.e. x C = x100 on 100 classes; 1 turns it off.
-Note (§12.9): each attack step runs the teacher forward and backward, the cost of this method.
+Note: each attack step runs the teacher forward and backward, the cost of this method.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Paper: "CIARD: Cyclic Iterative Adversarial Robustness Distillation", ICCV 2025 (Sec. 3.3
 push loss, Sec. 3.4 iterative teacher training, Eq. 6 inner maximisation, Eq. 9 objective).
 Released code: github.com/eminentgu/CIARD (``CIARD.py``, ``mtard_loss.py``).
-Spec followed line by line: ``shared/spec/CIARD.md``.
+The step, line by line, and every paper-vs-code switch: docs/methods.md#ciard.
 
 Defaults reproduce the released code; each place where the paper differs is a switch:
 

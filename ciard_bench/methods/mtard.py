@@ -1,9 +1,9 @@
 """MTARD: Multi-Teacher Adversarial Robustness Distillation (Zhao et al., "Enhanced Accuracy and
 Robustness via Multi-Teacher Adversarial Distillation", ECCV 2022). Equations below in
-METHODS.md notation (the paper's "adaptive normalization loss").
+the notation of docs/methods.md (the paper's "adaptive normalization loss").
 
 Official code: github.com/zhaoshiji123/MTARD (``mtard/mtard_loss.py::mtard_inner_loss_ce``,
-``mtard/mtard_resnet18_cifar10.py``, ``mtard/mtard_resnet18_cifar100.py``); METHODS.md §5, §15.
+``mtard/mtard_resnet18_cifar10.py``, ``mtard/mtard_resnet18_cifar100.py``); docs/methods.md#mtard.
 * Inner: maximise CE(f_S(x'), y) (batch mean; student only, eval mode), Gaussian start
   x + 0.001 N (not clamped), K sign steps, ball then [0, 1].
 * Forward order: f_Tn(x) -> attack (eval) -> f_S(x') (train) -> f_Ta(x') -> f_S(x) (train); the

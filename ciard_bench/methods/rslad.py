@@ -1,8 +1,8 @@
 """RSLAD: Robust Soft Label Adversarial Distillation (Zi et al., ICCV 2021); equations below in
-METHODS.md notation.
+the notation of docs/methods.md.
 
 Official code: github.com/zibojia/RSLAD (``rslad_loss.py::rslad_inner_loss``,
-``resnet18_rslad_cifar10.py``, ``resnet18_rslad_cifar100.py``); METHODS.md §4.
+``resnet18_rslad_cifar10.py``, ``resnet18_rslad_cifar100.py``); docs/methods.md#rslad.
 * Robust soft labels p_T = softmax(f_T(x)): the teacher's output on the CLEAN batch (eval, no grad).
 * Inner: maximise sum_{i,k} KL(p_T || softmax(f_S(x'))) (the student's adversarial prediction
   pushed away from the teacher's clean soft label; the teacher is not queried); student in eval

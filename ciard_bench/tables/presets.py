@@ -218,10 +218,10 @@ register_preset(Preset(
                     "eval_student": 300.0},
 ))
 
-# --- paper: CIARD.md's full protocol ---------------------------------------------------------
+# --- paper: the full protocol of docs/protocol.md -------------------------------------------
 register_preset(Preset(
     name="paper",
-    description="the full protocol of CIARD.md: 300 epochs (each method's released "
+    description="the paper's full protocol: 300 epochs (each method's released "
                 "schedule), RobustBench robust teachers, the whole test set",
     reductions="paper preset: full protocol (each method's released epochs and schedule)",
     datasets=("cifar10", "cifar100"),
