@@ -30,16 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import milestone, option, register_method
+from .base import RATE_MILESTONES, milestone, option, register_method
 from .losses import absld_temperatures, log_probs
 from .rslad import RSLAD
-
-RATE_MILESTONES = (215, 260, 285)   # of 300 epochs: temperature rate x0.1
 
 
 @register_method
 class ABSLD(RSLAD):
     name = "absld"
+    label = "ABSLD"
     description = "RSLAD with class-wise teacher temperatures balancing the student's per-class loss"
     paper = "Improving Adversarial Robust Fairness via Anti-Bias Soft Label Distillation (NeurIPS 2024)"
 

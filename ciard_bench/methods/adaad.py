@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
+from .base import C100_BATCHMEAN_SCALE, Method, option, register_method
 from .losses import kl_mean, kl_sum
 from .pgd import eval_mode, pgd
 
@@ -34,6 +34,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class AdaAD(Method):
     name = "adaad"
+    label = "AdaAD"
     description = "distillation whose attack maximises the student-teacher KL, querying the teacher at x'"
     paper = "Boosting Accuracy and Robustness of Student Models via Adaptive Adversarial Distillation (CVPR 2023)"
     teachers = ("robust_teacher",)
@@ -44,7 +45,8 @@ class AdaAD(Method):
     class Options:
         adv_weight: float = option(1.0, "the code's AdaAD_alpha: weight of the adversarial KL term "
                                    "(1 - it: the natural one)")
-        c100_scale: float = option(100.0, "multiplier on 100-class data (C100 branch: sum/B = x100)")
+        c100_scale: float = option(C100_BATCHMEAN_SCALE, "multiplier on 100-class data "
+                                   "(C100 branch: sum/B = x100)")
 
     def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
         student, teacher = self.student, self.robust_teacher

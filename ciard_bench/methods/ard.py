@@ -36,6 +36,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class ARD(Method):
     name = "ard"
+    label = "ARD"
     description = "robust distillation: KL at temperature 30 from the teacher's clean output to the student's PGD output"
     paper = "Adversarially Robust Distillation (AAAI 2020)"
     teachers = ("robust_teacher",)

@@ -35,6 +35,7 @@ from .mtard import MTARD
 @register_method
 class BMTARD(MTARD):
     name = "bmtard"
+    label = "B-MTARD"
     description = "MTARD with entropy-balanced teacher temperatures and normalised loss balance"
     paper = "Mitigating Accuracy-Robustness Trade-off via Balanced Multi-Teacher Adversarial Distillation (TPAMI 2024)"
 

@@ -34,6 +34,7 @@ from .losses import fair_class_weights
 @register_method
 class FairARD(ARD):
     name = "fair_ard"
+    label = "Fair-ARD"
     description = "ARD with class weights from per-class robustness (robust fairness)"
     paper = "Revisiting Adversarial Robustness Distillation from the Perspective of Robust Fairness (NeurIPS 2023)"
     train_defaults = {**ARD.train_defaults, "nesterov": True}   # the released script's SGD

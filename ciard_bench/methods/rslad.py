@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
+from .base import C100_KL_SCALE, Method, option, register_method
 from .losses import kl_sum, kle, log_probs
 from .pgd import eval_mode, pgd
 
@@ -35,6 +35,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class RSLAD(Method):
     name = "rslad"
+    label = "RSLAD"
     description = "distillation with the robust teacher's clean soft labels, in the attack and in both loss terms"
     paper = "Revisiting Adversarial Robustness Distillation: Robust Soft Labels Make Student Better (ICCV 2021)"
     teachers = ("robust_teacher",)
@@ -44,7 +45,8 @@ class RSLAD(Method):
     @dataclass
     class Options:
         adv_weight: float = option(5 / 6, "weight of the adversarial term (the natural term gets 1 - it)")
-        c100_scale: float = option(10.0, "multiplier of both KL terms on 100-class data (C100 script: 10)")
+        c100_scale: float = option(C100_KL_SCALE, "multiplier of both KL terms on 100-class data "
+                                   "(C100 script: 10)")
         student_log: str = option("released", "student log-probabilities: released = log(softmax) on "
                                   "CIFAR-100 as its script, log_softmax = always the stable form",
                                   ("released", "log_softmax"))

@@ -33,6 +33,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class SAT(Method):
     name = "sat"
+    label = "SAT"
     description = "PGD adversarial training: cross-entropy on PGD-10 examples only"
     paper = "Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR 2018)"
     train_defaults = {"epochs": 110, "batch_size": 128, "lr": 0.1, "momentum": 0.9,

@@ -34,6 +34,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class SCORE(Method):
     name = "score"
+    label = "SCORE"
     description = "TRADES with the squared-L2 distance of probabilities and a clipped loss (SCORE)"
     paper = "Robustness and Accuracy Could Be Reconcilable by (Proper) Definition (ICML 2022)"
     train_defaults = {"epochs": 110, "batch_size": 128, "lr": 0.05, "momentum": 0.9,

@@ -34,6 +34,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class TRADES(Method):
     name = "trades"
+    label = "TRADES"
     description = "adversarial training trading off clean CE and a KL robustness term"
     paper = "Theoretically Principled Trade-off between Robustness and Accuracy (ICML 2019)"
     train_defaults = {"epochs": 76, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
