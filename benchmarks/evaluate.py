@@ -30,14 +30,11 @@ else:
     import _common as C
     from _common import PassCounter
 
-MINI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10_mini.npz"
-
-
 def _data(args) -> tuple[torch.Tensor, torch.Tensor, str]:
     from ciard_bench.data import load_dataset, to_float_nchw
 
-    path = Path(args.data) if args.data else MINI
-    if path.is_file():
+    path = Path(args.data) if args.data else None
+    if path is not None and path.is_file():
         d = load_dataset(f"npz:{path}")
         return to_float_nchw(d.x_test)[:args.n_examples], d.y_test[:args.n_examples].long(), str(path)
     g = torch.Generator().manual_seed(args.seed)
@@ -120,8 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet18", help="architecture with random weights")
     p.add_argument("--checkpoint", default=None, help="a trained model file or run folder instead")
-    p.add_argument("--data", default=None, help=f"npz with x_test/y_test (default {MINI}, "
-                   "else random images)")
+    p.add_argument("--data", default=None, help="npz with x_test/y_test (default: random images)")
     p.add_argument("--n-examples", type=int, default=64)
     p.add_argument("--aa-examples", type=int, default=16, help="AutoAttack runs on this subset")
     p.add_argument("--attacks", default="fgsm,pgd_sat,pgd_trades,cw_inf,square,aa")

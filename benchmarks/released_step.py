@@ -1,7 +1,7 @@
 """A CIARD step with the per-step work structure of the authors' released training loop.
 
 For speed comparisons only (``benchmarks/step.py --reference released``). Written from
-``shared/spec/CIARD.md`` ("One training step") and ``shared/spec/PERFORMANCE.md``, not from
+the step of ``docs/methods.md#ciard`` and a profile of the released loop (``benchmarks/README.md``), not from
 the authors' code. The math is that of :class:`ciard_bench.methods.ciard.CIARD` (the loss
 values must agree; the losses are written out again here rather than imported, so the
 agreement is an independent check), but the work is what the released loop does each step:

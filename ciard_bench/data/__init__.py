@@ -2,7 +2,7 @@
 
 Every dataset loads whole into a :class:`DatasetArrays` (uint8 HWC images, int64 labels);
 :class:`ArrayDataset` turns it into [0, 1] CHW tensors (the models normalise inside) with
-the paper's crop-and-flip augmentation (CIARD.md section 7), drawn from a generator seeded
+the paper's crop-and-flip augmentation (docs/methods.md#data), drawn from a generator seeded
 by (seed, epoch, index) so it is the same for any worker count and after a resume;
 :func:`make_loader` orders an epoch: a (seed, epoch) permutation, sharded per rank like
 ``DistributedSampler``, minus the first ``start_batch`` batches.

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError
 
-_PADDING = 4  # CIARD.md section 7: random crop with padding 4, as in the released code
+_PADDING = 4  # docs/methods.md#data: random crop with padding 4, as in the released code
 _M64 = (1 << 64) - 1
 
 
@@ -65,7 +65,7 @@ def crop_flip(img: torch.Tensor, top: int, left: int, flip: bool,
 class ArrayDataset(Dataset):
     """uint8 N x H x W x 3 -> (float32 C x H x W in [0, 1], int64 label); no normalisation.
 
-    With ``augment``: CIARD.md section 7, torchvision's ``RandomCrop(H, padding=4)`` (zero
+    With ``augment``: docs/methods.md#data, torchvision's ``RandomCrop(H, padding=4)`` (zero
     fill) then ``RandomHorizontalFlip(0.5)``, drawn from a generator seeded by
     (seed, epoch, index), never the global RNG: identical for any number of workers.
     """

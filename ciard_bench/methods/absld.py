@@ -1,9 +1,9 @@
 """ABSLD: Anti-Bias Soft Label Distillation (Zhao et al., "Improving Adversarial Robust Fairness
 via Anti-Bias Soft Label Distillation", NeurIPS 2024, arXiv 2312.05508). Equations below are
-written in METHODS.md notation (equation numbers of the paper were not verified).
+written in docs/methods.md notation (equation numbers of the paper were not verified).
 
 Official code: github.com/zhaoshiji123/ABSLD (``absld_loss.py::absld_inner_loss``,
-``resnet18_absld_cifar10.py``); METHODS.md §9, §15.
+``resnet18_absld_cifar10.py``); docs/methods.md#absld.
 * RSLAD (see ``rslad.py``: teacher on clean x, KL-sum PGD from the teacher's soft label with the
   student in eval mode and a Gaussian start, 5/6 adversarial + 1/6 natural KLe) with the teacher
   logits divided by class temperatures tau^adv_{y_i}, tau^nat_{y_i} (all 1 at the start).
@@ -30,16 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import milestone, option, register_method
+from .base import RATE_MILESTONES, milestone, option, register_method
 from .losses import absld_temperatures, log_probs
 from .rslad import RSLAD
-
-RATE_MILESTONES = (215, 260, 285)   # of 300 epochs: temperature rate x0.1
 
 
 @register_method
 class ABSLD(RSLAD):
     name = "absld"
+    label = "ABSLD"
     description = "RSLAD with class-wise teacher temperatures balancing the student's per-class loss"
     paper = "Improving Adversarial Robust Fairness via Anti-Bias Soft Label Distillation (NeurIPS 2024)"
 

@@ -1,9 +1,9 @@
 """AdaAD: Adaptive Adversarial Distillation (Huang et al., "Boosting Accuracy and Robustness of
 Student Models via Adaptive Adversarial Distillation", CVPR 2023). Equations below in
-METHODS.md notation.
+the notation of docs/methods.md.
 
 Official code: github.com/boyellow/AdaAD (``AT_helper.py::adaad_inner_loss``, ``main.py``,
-README commands); METHODS.md §10.
+README commands); docs/methods.md#adaad.
 * Inner ("adaptive": the teacher is queried at the moving point): maximise
   sum_{i,k} KL(softmax(f_T(x')) || softmax(f_S(x'))); the gradient w.r.t. x' flows through BOTH
   networks (teacher output not detached); student and teacher in eval mode; Gaussian start
@@ -16,7 +16,7 @@ README commands); METHODS.md §10.
 Switches: ``adv_weight`` (the code's ``AdaAD_alpha``; ``--alpha`` is the engine's PGD step);
 ``c100_scale`` = 100: the CIFAR-100 branch reduces with sum / B (batchmean) instead of
 sum / (B C), i.e. x C = x100 on 100 classes; 1 turns it off.
-Note (§12.9): each attack step runs the teacher forward and backward, the cost of this method.
+Note: each attack step runs the teacher forward and backward, the cost of this method.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
+from .base import C100_BATCHMEAN_SCALE, Method, option, register_method
 from .losses import kl_mean, kl_sum
 from .pgd import eval_mode, pgd
 
@@ -34,6 +34,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class AdaAD(Method):
     name = "adaad"
+    label = "AdaAD"
     description = "distillation whose attack maximises the student-teacher KL, querying the teacher at x'"
     paper = "Boosting Accuracy and Robustness of Student Models via Adaptive Adversarial Distillation (CVPR 2023)"
     teachers = ("robust_teacher",)
@@ -44,7 +45,8 @@ class AdaAD(Method):
     class Options:
         adv_weight: float = option(1.0, "the code's AdaAD_alpha: weight of the adversarial KL term "
                                    "(1 - it: the natural one)")
-        c100_scale: float = option(100.0, "multiplier on 100-class data (C100 branch: sum/B = x100)")
+        c100_scale: float = option(C100_BATCHMEAN_SCALE, "multiplier on 100-class data "
+                                   "(C100 branch: sum/B = x100)")
 
     def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
         student, teacher = self.student, self.robust_teacher

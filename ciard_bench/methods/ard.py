@@ -1,7 +1,7 @@
 """ARD: Adversarially Robust Distillation (Goldblum et al., AAAI 2020); its distillation
-objective below in METHODS.md notation.
+objective below in docs/methods.md notation.
 
-Official code: github.com/goldblum/AdversariallyRobustDistillation (``main.py``); METHODS.md §3.
+Official code: github.com/goldblum/AdversariallyRobustDistillation (``main.py``); docs/methods.md#ard.
 * Inner: maximise CE(f_S(x'), y) summed over the batch (student only, ground-truth label);
   uniform start x + U(-eps, eps), NOT clamped before the first step; K sign steps, projection
   to the eps ball then [0, 1]. The student stays in TRAIN mode (the attack wrapper never
@@ -36,6 +36,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class ARD(Method):
     name = "ard"
+    label = "ARD"
     description = "robust distillation: KL at temperature 30 from the teacher's clean output to the student's PGD output"
     paper = "Adversarially Robust Distillation (AAAI 2020)"
     teachers = ("robust_teacher",)

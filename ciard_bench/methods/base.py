@@ -33,6 +33,19 @@ from torch import Tensor, nn
 
 from ..errors import UserError, choices_error
 
+# Epochs (of 300) at which the adaptive methods multiply their adaptation rates (loss-weight and
+# temperature rates) by 0.1, with the learning rate (docs/methods.md#rate-milestones). The
+# released codes differ in whether the milestone epoch itself already has the lower rate:
+# MTARD and B-MTARD after the epoch (``epoch > m``); ABSLD from the epoch (``epoch >= m``: its
+# decay precedes the update that ends the epoch); CIARD with ``rate_decay=once`` from the epoch
+# (``>=``), with ``rate_decay=released`` on every batch of the epoch itself (``==``).
+RATE_MILESTONES = (215, 260, 285)
+# CIFAR-100 conventions, the defaults of the ``c100_scale`` options, applied on 100-class data
+# only (docs/methods.md#cifar-100-scale): RSLAD's and MTARD's CIFAR-100 scripts multiply both
+# KL terms by 10; AdaAD's CIFAR-100 branch reduces by sum / B instead of sum / (B C), x C = x100.
+C100_KL_SCALE = 10.0
+C100_BATCHMEAN_SCALE = 100.0
+
 
 @dataclass
 class TeacherTraining:
@@ -58,6 +71,7 @@ class Method(nn.Module):
     """Base class. Subclasses set the class attributes and implement ``forward``."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""                       # row label in the tables, the paper's spelling
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     teachers: ClassVar[tuple[str, ...]] = ()        # roles: "clean_teacher", "robust_teacher"
@@ -149,9 +163,12 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry (a duplicate name is an error)."""
+    """Class decorator adding a method to the registry (a duplicate name or label is an error,
+    which also catches a subclass that forgot its own ``label``)."""
     if not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    if not cls.label or any(other.label == cls.label for other in _REGISTRY.values()):
+        raise ValueError(f"method {cls.name!r}: table label {cls.label!r} is empty or already used")
     _REGISTRY[cls.name] = cls
     return cls
 

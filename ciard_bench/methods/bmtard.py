@@ -1,11 +1,11 @@
 """B-MTARD: Balanced Multi-Teacher Adversarial Robustness Distillation (Zhao, Wang, Wei,
 "Mitigating Accuracy-Robustness Trade-off via Balanced Multi-Teacher Adversarial Distillation",
 TPAMI 2024): MTARD plus Entropy-Based Balance of the teachers' temperatures and Normalization
-Loss Balance of the weights. Equations below in METHODS.md notation.
+Loss Balance of the weights. Equations below in docs/methods.md notation.
 
 Official code: github.com/zhaoshiji123/MTARD-extension (``resnet18_mtard_cifar10.py``, the only
 training script; its ``mtard_loss``/``dataset``/``resnet56`` imports are missing, so the inner
-maximisation is MTARD's, as its call signature indicates); METHODS.md §6, §12.5, §15.
+maximisation is MTARD's, as its call signature indicates); docs/methods.md#b-mtard.
 * Inner maximisation and forwards as MTARD (see ``mtard.py``); the student order S(x') then S(x)
   is the same (the code calls f_Tn(x) last; teachers are eval-mode, so this changes nothing).
 * L_adv = KLe(softmax(f_Ta(x') / tau_a), f_S(x')), L_nat = KLe(softmax(f_Tn(x) / tau_n), f_S(x)):
@@ -35,6 +35,7 @@ from .mtard import MTARD
 @register_method
 class BMTARD(MTARD):
     name = "bmtard"
+    label = "B-MTARD"
     description = "MTARD with entropy-balanced teacher temperatures and normalised loss balance"
     paper = "Mitigating Accuracy-Robustness Trade-off via Balanced Multi-Teacher Adversarial Distillation (TPAMI 2024)"
 

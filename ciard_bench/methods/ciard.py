@@ -3,7 +3,7 @@
 Paper: "CIARD: Cyclic Iterative Adversarial Robustness Distillation", ICCV 2025 (Sec. 3.3
 push loss, Sec. 3.4 iterative teacher training, Eq. 6 inner maximisation, Eq. 9 objective).
 Released code: github.com/eminentgu/CIARD (``CIARD.py``, ``mtard_loss.py``).
-Spec followed line by line: ``shared/spec/CIARD.md``.
+The step, line by line, and every paper-vs-code switch: docs/methods.md#ciard.
 
 Defaults reproduce the released code; each place where the paper differs is a switch:
 
@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..schedules import block_mean, cos_exp_decay
-from .base import Method, TeacherTraining, milestone, option, register_method, scalar_state
+from .base import (RATE_MILESTONES, Method, TeacherTraining, milestone, option, register_method,
+                   scalar_state)
 from .losses import entropy_balance_, kle, magnitude_scale, masked_kle, mtard_weights_, neg_entropy
 from .pgd import eval_mode, pgd
 
-RATE_MILESTONES = (215, 260, 285)   # of 300 epochs: temperature/weight rates x0.1
 RELEASED_EPOCHS = 300
 ITT_START = 50                      # of 300 epochs: ITT trains the robust teacher after it
 
@@ -44,6 +44,7 @@ ITT_START = 50                      # of 300 epochs: ITT trains the robust teach
 @register_method
 class CIARD(Method):
     name = "ciard"
+    label = "CIARD"
     description = "dual-teacher distillation with a contrastive push loss and iterative robust-teacher training"
     paper = "Cyclic Iterative Adversarial Robustness Distillation (ICCV 2025)"
     teachers = ("clean_teacher", "robust_teacher")

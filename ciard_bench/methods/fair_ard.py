@@ -1,7 +1,7 @@
 """Fair-ARD: class-reweighted ARD (Yue et al., "Revisiting Adversarial Robustness Distillation
-from the Perspective of Robust Fairness", NeurIPS 2023). Equations below in METHODS.md notation.
+from the Perspective of Robust Fairness", NeurIPS 2023). Equations below in docs/methods.md notation.
 
-Official code: github.com/NISP-official/Fair-ARD (``Fair-ARD.py``); METHODS.md §8, §8.1, §15.
+Official code: github.com/NISP-official/Fair-ARD (``Fair-ARD.py``); docs/methods.md#fair-ard.
 * Everything of ARD (see ``ard.py``: CE-sum PGD with uniform start and the student in train
   mode, KL at T = 30 from the teacher's clean output, alpha = 1), plus:
 * kappa_i = number of attack iterates x'_0 .. x'_{K-1} at which the student (in the attack's
@@ -34,6 +34,7 @@ from .losses import fair_class_weights
 @register_method
 class FairARD(ARD):
     name = "fair_ard"
+    label = "Fair-ARD"
     description = "ARD with class weights from per-class robustness (robust fairness)"
     paper = "Revisiting Adversarial Robustness Distillation from the Perspective of Robust Fairness (NeurIPS 2023)"
     train_defaults = {**ARD.train_defaults, "nesterov": True}   # the released script's SGD

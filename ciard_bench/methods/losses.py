@@ -95,7 +95,7 @@ def cross_entropy_sum(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-# -- baselines (METHODS.md): ARD/AdaAD/TRADES exact KL, SCORE, Fair-ARD, ABSLD -------------------
+# -- baselines (docs/methods.md): ARD/AdaAD/TRADES exact KL, SCORE, Fair-ARD, ABSLD ---------------
 
 def kl_sum(log_q: Tensor, p: Tensor) -> Tensor:
     """Exact KL(p || q) summed over batch and classes (``KLDivLoss(reduction='sum')``).

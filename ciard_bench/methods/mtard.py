@@ -1,9 +1,9 @@
 """MTARD: Multi-Teacher Adversarial Robustness Distillation (Zhao et al., "Enhanced Accuracy and
 Robustness via Multi-Teacher Adversarial Distillation", ECCV 2022). Equations below in
-METHODS.md notation (the paper's "adaptive normalization loss").
+the notation of docs/methods.md (the paper's "adaptive normalization loss").
 
 Official code: github.com/zhaoshiji123/MTARD (``mtard/mtard_loss.py::mtard_inner_loss_ce``,
-``mtard/mtard_resnet18_cifar10.py``, ``mtard/mtard_resnet18_cifar100.py``); METHODS.md §5, §15.
+``mtard/mtard_resnet18_cifar10.py``, ``mtard/mtard_resnet18_cifar100.py``); docs/methods.md#mtard.
 * Inner: maximise CE(f_S(x'), y) (batch mean; student only, eval mode), Gaussian start
   x + 0.001 N (not clamped), K sign steps, ball then [0, 1].
 * Forward order: f_Tn(x) -> attack (eval) -> f_S(x') (train) -> f_Ta(x') -> f_S(x) (train); the
@@ -29,16 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, milestone, option, register_method, scalar_state
+from .base import (C100_KL_SCALE, RATE_MILESTONES, Method, milestone, option, register_method,
+                   scalar_state)
 from .losses import kle, mtard_weights_
 from .pgd import eval_mode, pgd
-
-RATE_MILESTONES = (215, 260, 285)   # of 300 epochs: adaptive rates x0.1 after these epochs
 
 
 @register_method
 class MTARD(Method):
     name = "mtard"
+    label = "MTARD"
     description = "two-teacher (clean + robust) distillation with adaptive normalised loss weights"
     paper = "Enhanced Accuracy and Robustness via Multi-Teacher Adversarial Distillation (ECCV 2022)"
     teachers = ("clean_teacher", "robust_teacher")
@@ -49,7 +49,8 @@ class MTARD(Method):
     class Options:
         weight_rate: float = option(0.025, "learning rate eta of the adaptive loss weights")
         beta: float = option(1.0, "exponent of the relative losses (the code's 'bert')")
-        c100_scale: float = option(10.0, "multiplier of both KL terms on 100-class data (C100 script: 10)")
+        c100_scale: float = option(C100_KL_SCALE, "multiplier of both KL terms on 100-class data "
+                                   "(C100 script: 10)")
 
     def __init__(self, student, teachers, ctx, options=None):
         super().__init__(student, teachers, ctx, options)

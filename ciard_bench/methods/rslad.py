@@ -1,8 +1,8 @@
 """RSLAD: Robust Soft Label Adversarial Distillation (Zi et al., ICCV 2021); equations below in
-METHODS.md notation.
+the notation of docs/methods.md.
 
 Official code: github.com/zibojia/RSLAD (``rslad_loss.py::rslad_inner_loss``,
-``resnet18_rslad_cifar10.py``, ``resnet18_rslad_cifar100.py``); METHODS.md §4.
+``resnet18_rslad_cifar10.py``, ``resnet18_rslad_cifar100.py``); docs/methods.md#rslad.
 * Robust soft labels p_T = softmax(f_T(x)): the teacher's output on the CLEAN batch (eval, no grad).
 * Inner: maximise sum_{i,k} KL(p_T || softmax(f_S(x'))) (the student's adversarial prediction
   pushed away from the teacher's clean soft label; the teacher is not queried); student in eval
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
+from .base import C100_KL_SCALE, Method, option, register_method
 from .losses import kl_sum, kle, log_probs
 from .pgd import eval_mode, pgd
 
@@ -35,6 +35,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class RSLAD(Method):
     name = "rslad"
+    label = "RSLAD"
     description = "distillation with the robust teacher's clean soft labels, in the attack and in both loss terms"
     paper = "Revisiting Adversarial Robustness Distillation: Robust Soft Labels Make Student Better (ICCV 2021)"
     teachers = ("robust_teacher",)
@@ -44,7 +45,8 @@ class RSLAD(Method):
     @dataclass
     class Options:
         adv_weight: float = option(5 / 6, "weight of the adversarial term (the natural term gets 1 - it)")
-        c100_scale: float = option(10.0, "multiplier of both KL terms on 100-class data (C100 script: 10)")
+        c100_scale: float = option(C100_KL_SCALE, "multiplier of both KL terms on 100-class data "
+                                   "(C100 script: 10)")
         student_log: str = option("released", "student log-probabilities: released = log(softmax) on "
                                   "CIFAR-100 as its script, log_softmax = always the stable form",
                                   ("released", "log_softmax"))

@@ -3,7 +3,7 @@ Adversarial Attacks", ICLR 2018, Eq. 2.1: min_theta E max_{||d|| <= eps} CE(f(x 
 
 Official code: github.com/MadryLab/cifar10_challenge (TensorFlow, WRN, 0-255 pixels). Defaults
 follow the PyTorch ResNet-18 SAT that the distillation papers compare with, the ``Plain_Madry``
-method of github.com/boyellow/AdaAD (``AT_helper.py::Madry_PGD``, ``main.py``); METHODS.md §1.
+method of github.com/boyellow/AdaAD (``AT_helper.py::Madry_PGD``, ``main.py``); docs/methods.md#sat.
 * Inner: maximise CE(f(x'), y); Gaussian start x + 0.001 N clamped to [0, 1]; K sign steps of
   2/255 projected to the 8/255 ball then [0, 1]; model in eval mode.
 * Outer: CE(f(x'), y) (batch mean), model in train mode; no clean term.
@@ -33,6 +33,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class SAT(Method):
     name = "sat"
+    label = "SAT"
     description = "PGD adversarial training: cross-entropy on PGD-10 examples only"
     paper = "Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR 2018)"
     train_defaults = {"epochs": 110, "batch_size": 128, "lr": 0.1, "momentum": 0.9,

@@ -1,11 +1,11 @@
 """SCORE: self-consistent robust error with the squared-L2 ("LSE") distance (Pang et al.,
 "Robustness and Accuracy Could Be Reconcilable by (Proper) Definition", ICML 2022).
-Equations below in METHODS.md notation.
+Equations below in docs/methods.md notation.
 
 Official code: github.com/P2333/SCORE. Its headline path (``train-wa.py``: WRN-28-10, 1M DDPM
 images, batch 512, 400 epochs, EMA) has no ResNet-18 / no-extra-data counterpart; the defaults
 follow ``without_DDPM/train_cifar.py`` with its README's TRADES-LSE command
-(``--attack TRADES --TRADESlambda 6 --divergence LSE --clip_loss 0.3 --lr-max 0.05``); METHODS.md §7.2.
+(``--attack TRADES --TRADESlambda 6 --divergence LSE --clip_loss 0.3 --lr-max 0.05``); docs/methods.md#score.
 * Inner: p = softmax(f(x)) detached (eval); maximise mean_i ||softmax(f(x'_i)) - p_i||^2 with the
   model in eval mode; start x + 0.001 N clamped to [0, 1]; K sign steps, ball then [0, 1].
 * Outer (train mode; forwards f(x') then f(x)): l_i = ||softmax(f(x_i)) - y~_i||^2
@@ -34,6 +34,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class SCORE(Method):
     name = "score"
+    label = "SCORE"
     description = "TRADES with the squared-L2 distance of probabilities and a clipped loss (SCORE)"
     paper = "Robustness and Accuracy Could Be Reconcilable by (Proper) Definition (ICML 2022)"
     train_defaults = {"epochs": 110, "batch_size": 128, "lr": 0.05, "momentum": 0.9,

@@ -14,6 +14,7 @@ from .base import Method, register_method
 @register_method
 class Standard(Method):
     name = "standard"
+    label = "Standard"
     description = "clean training with cross-entropy (clean teachers)"
     paper = "standard supervised training"
     train_defaults = {"epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9,

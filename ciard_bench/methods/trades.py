@@ -1,6 +1,6 @@
 """TRADES (Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy",
 ICML 2019), as released in github.com/yaodongyu/TRADES (``trades.py::trades_loss``,
-``train_trades_cifar10.py``); METHODS.md §2.
+``train_trades_cifar10.py``); docs/methods.md#trades.
 
 Inner maximisation: maximise sum_i KL(softmax(f(x_i)) || softmax(f(x'_i))) with the model in
 eval mode, Gaussian start x + 0.001 N (not clamped), sign steps, projection then clamp to
@@ -34,6 +34,7 @@ from .pgd import eval_mode, pgd
 @register_method
 class TRADES(Method):
     name = "trades"
+    label = "TRADES"
     description = "adversarial training trading off clean CE and a KL robustness term"
     paper = "Theoretically Principled Trade-off between Robustness and Accuracy (ICML 2019)"
     train_defaults = {"epochs": 76, "batch_size": 128, "lr": 0.1, "momentum": 0.9,

@@ -76,7 +76,7 @@ def count_flops(model: Any, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> int
     """Forward FLOPs per image (multiply-add = 2), with ``torch.utils.flop_counter``.
 
     Only the forward is counted: the counter's convolution-backward formula ignores
-    ``groups`` (see spec/PERFORMANCE.md). Works on ``meta``-device models, which makes
+    ``groups`` (see benchmarks/README.md). Works on ``meta``-device models, which makes
     counting the 267 M-parameter WRN-70-16 instant. The model's train/eval mode is restored.
     """
     import torch

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import choices_error
+from ..methods import get_method
 
-# Table rows, in the paper's order (Tables 3-6): registry name -> printed name.
-METHOD_LABELS = {"sat": "SAT", "trades": "TRADES", "ard": "ARD", "rslad": "RSLAD",
-                 "score": "SCORE", "fair_ard": "Fair-ARD", "absld": "ABSLD", "mtard": "MTARD",
-                 "bmtard": "B-MTARD", "ciard": "CIARD"}
+# Table rows, in the paper's order (Tables 3-6): registry name -> the method's own table label.
+TABLE_METHODS = ("sat", "trades", "ard", "rslad", "score", "fair_ard", "absld", "mtard", "bmtard",
+                 "ciard")
+METHOD_LABELS = {name: get_method(name).label for name in TABLE_METHODS}
 # Table 7 rows: CIARD options of each ablation (the full model is the Table 3 CIARD cell).
 ABLATIONS = {"baseline": {"itt": False, "push": False}, "+ITT": {"push": False}, "+ITT+push": {}}
 # The two students of the paper: Table 3/5 (ResNet-18), Table 4/6 (MobileNet-V2).
@@ -221,10 +222,10 @@ register_preset(Preset(
                     "eval_student": 300.0},
 ))
 
-# --- paper: CIARD.md's full protocol ---------------------------------------------------------
+# --- paper: the full protocol of docs/protocol.md -------------------------------------------
 register_preset(Preset(
     name="paper",
-    description="the full protocol of CIARD.md: 300 epochs (each method's released "
+    description="the paper's full protocol: 300 epochs (each method's released "
                 "schedule), RobustBench robust teachers, the whole test set",
     reductions="paper preset: full protocol (each method's released epochs and schedule)",
     datasets=("cifar10", "cifar100"),
