@@ -356,3 +356,24 @@ def test_a_moved_results_folder_still_matches_its_grid(tmp_path):
                        students=["resnet18"], teacher_specs={"robust": "resnet8=/x.pt"})
     with pytest.raises(UserError, match="robust_teacher"):
         store.train_state(other, other.by_id()["digits/resnet18/mtard/seed0"])
+
+
+def test_a_failed_cell_is_named_and_the_others_go_on(tmp_path, capsys):
+    # the robust teacher is a file that does not exist: its evaluation fails; MTARD, which
+    # distils from it, is blocked untrained; SAT trains (it needs no teacher) but its
+    # evaluation (transfer attacks from that teacher) is blocked; the clean teacher is done
+    code = main(["--results-dir", str(tmp_path), *REDUCED, "--students", "resnet18",
+                 "--methods", "sat,mtard", "--no-figures", "--robust-teacher",
+                 f"resnet8={tmp_path / 'missing.pt'}"])
+    assert code == 1
+    out = capsys.readouterr().out
+    grid_json = json.loads((tmp_path / "grid.json").read_text())
+    run = grid_json["runs"][-1]
+    assert list(run["failed"]) == ["digits/teachers/robust/seed0"]
+    assert "missing.pt" in run["failed"]["digits/teachers/robust/seed0"]
+    assert run["blocked"] == ["digits/resnet18/sat/seed0", "digits/resnet18/mtard/seed0"]
+    assert "failed: digits/teachers/robust/seed0" in out and "cell-error.log" in out
+    assert "Traceback" in (tmp_path / "runs/digits/teachers/robust/seed0/cell-error.log").read_text()
+    cells = {c["id"]: c["status"] for c in grid_json["cells"]}
+    assert cells == {"digits/teachers/clean/seed0": "done", "digits/teachers/robust/seed0": "trained",
+                     "digits/resnet18/sat/seed0": "trained", "digits/resnet18/mtard/seed0": "missing"}

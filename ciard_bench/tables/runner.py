@@ -38,8 +38,8 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
     seed: first the training that other cells wait for (the teachers), then ready
     evaluations (a cell is finished as early as it can be), then the most costly training
     (so the long MobileNet cells do not end the grid alone); with one worker they run in
-    grid order. Results do not depend on ``workers``: every task is
-    seeded on its own and runs alone in its process. A cell whose teachers are neither
+    grid order. Results do not depend on ``workers``: every task is seeded on its own and
+    runs alone in its process. A cell whose teachers are neither
     trained nor trained in this invocation is ``blocked`` (run ``--only teacher`` first when
     sharding); a task that fails is reported with its error, the tasks that need it are
     blocked, the others go on.
@@ -97,6 +97,7 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
         times = summary["cells"].setdefault(cell.id, {})
         if "error" in outcome:
             failed.add(cell.id)
+            pending[:] = [t for t in pending if t[0].id != cell.id]   # its evaluation too
             summary["failed"][cell.id] = outcome["error"]
             progress.line(f"{cell.id}: {kind} FAILED: {outcome['error']} (traceback: "
                           f"{grid.run_dir(cell) / 'cell-error.log'})", done=cell.id)
@@ -114,12 +115,14 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
     pool = _pool(workers, threads) if workers > 1 else None
     try:
         while pending or running:
-            order = pending if pool is None else sorted(pending, key=priority)
+            order = list(pending) if pool is None else sorted(pending, key=priority)
             launched = False
             for task in order:
                 if pool is not None and len(running) >= workers:
                     break
                 cell, kind = task
+                if task not in pending:          # dropped with a blocked cell's other task
+                    continue
                 state = ready(cell, kind)
                 if state == "wait":
                     continue
@@ -161,7 +164,7 @@ def _block(cell: Cell, kind: str, pending: list, summary: dict, progress: "Progr
     """Report a cell whose dependencies will not be trained here; drop its other task."""
     for task in [t for t in pending if t[0].id == cell.id]:
         pending.remove(task)
-    deps = [*cell.needs, *([cell.source] if cell.source else [])]
+    deps = dict.fromkeys([*cell.needs, *([cell.source] if cell.source else [])])
     waiting = [d for d in deps if d in failed or store.train_state(grid, by_id[d]) != store.DONE]
     failed.add(cell.id)                  # what needs this cell is blocked too
     summary["blocked"].append(cell.id)
