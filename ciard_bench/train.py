@@ -93,8 +93,9 @@ def _step(run: Run, x, y, trainings: list, d: Dist) -> dict[str, Any]:
     return out
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) one run; returns the result dict also written to ``result.json``.
+    ``progress=False`` hides the per-epoch bar (the tables harness shows one bar of its own).
 
     Under ``torchrun`` every process calls this; see :mod:`ciard_bench.distributed`.
     """
@@ -173,7 +174,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
         bad_terms: dict[str, Any] = {}
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step, total=n_batches,
-                   leave=False, disable=None if d.is_main else True, mininterval=2.0)
+                   leave=False, disable=None if d.is_main and progress else True, mininterval=2.0)
         for i, (x, y) in enumerate(bar, start=start_step):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:

@@ -220,8 +220,8 @@ def test_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
 
     calls = []
     real_train = engine.train
-    monkeypatch.setattr(engine, "train", lambda cfg, resume=False: calls.append(
-        (cfg.out, resume)) or real_train(cfg, resume=resume))
+    monkeypatch.setattr(engine, "train", lambda cfg, resume=False, progress=True: calls.append(
+        (cfg.out, resume)) or real_train(cfg, resume=resume, progress=progress))
     assert _run_tiny(tmp_path, ["--teacher-epochs", "2"]) == 0
     assert [(out.split("runs/")[1], resume) for out, resume in calls] == [
         ("digits/teachers/robust/seed0", True), ("digits/resnet18/sat/seed0", False)]

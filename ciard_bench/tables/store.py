@@ -146,7 +146,7 @@ def train_cell(grid: Grid, cell: Cell) -> float:
     resume = train_state(grid, cell) == PARTIAL
     before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
     start = time.perf_counter()
-    train(dataclasses.replace(cell.config), resume=resume)
+    train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
     seconds = time.perf_counter() - start
     steps = sum(r.get("steps", 0) for r in _log(grid, cell))
     _record_timing(grid, cell, train_s=before + seconds, steps=steps)
