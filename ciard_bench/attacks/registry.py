@@ -16,6 +16,7 @@ import torch
 from torchattacks.attack import Attack
 
 from ..errors import UserError, choices_error
+from ..utils import eval_mode
 from .implementations import Transfer
 
 KINDS = ("white-box", "black-box", "transfer", "sanity")
@@ -134,3 +135,25 @@ def create_attack(name: str, model: torch.nn.Module, eps: float = 8 / 255, n_cla
         attack = spec.build(model, settings, state_path=state_path)
     attack.settings = settings  # what the result JSON records
     return attack
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             attack: str | None = None, eps: float = 8 / 255, seed: int = 0) -> float:
+    """Accuracy (percent) of ``model`` in eval mode, clean or under a registered attack.
+
+    The attack's randomness comes from ``seed`` in a forked RNG, so the caller's stream is
+    untouched (the training engine's per-epoch evaluation uses it between epochs).
+    """
+    correct = torch.zeros((), device=x.device)
+    with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        atk = None
+        if attack is not None:
+            atk = create_attack(attack, model, eps=eps)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            if atk is not None:
+                xb = atk(xb, yb)
+            with torch.no_grad():
+                correct += (model(xb).argmax(1) == yb).sum()
+    return 100.0 * correct.item() / len(x)
