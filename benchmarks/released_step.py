@@ -50,6 +50,7 @@ class ReleasedCIARDStep:
             raise ValueError("the released step attacks the student only (inner = released)")
         self.method = method
         self.student, self.clean, self.robust = method.student, method.clean_teacher, method.robust_teacher
+        self.robust_teacher = self.robust   # the engine's train_step finds a trained teacher by role
         self.reset()
 
     def reset(self) -> None:

@@ -3,9 +3,9 @@
     python benchmarks/step.py --method ciard --reference released --student resnet18 \\
         --clean-teacher-arch resnet56 --robust-teacher-arch wrn_34_10 --batch-size 16 --device cpu
 
-The step is the training engine's (``ciard_bench/train.py``): the method's forward under
-autocast, the student's backward and SGD step through the GradScaler, then the step of any
-teacher the method trains (CIARD's ITT). Weights are random and inputs are random
+The step is the training engine's own :func:`ciard_bench.train.train_step`: the method's
+forward under autocast, the student's backward and SGD step through the GradScaler, then the
+step of any teacher the method trains (CIARD's ITT). Weights are random and inputs are random
 CIFAR-shaped images: the speed does not depend on them. The first warm-up step runs with
 hooks on every model that count forward and backward passes; the timed steps run without.
 With ``--reference released`` (CIARD only) the released code's step structure
@@ -27,6 +27,13 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ciard_bench.config import TrainConfig
+from ciard_bench.errors import cli_main
+from ciard_bench.methods import Context, create_method, get_method
+from ciard_bench.models import count_flops, create_model
+from ciard_bench.train import Run, train_step
+from ciard_bench.utils import resolve_device
 
 if __package__:
     from . import _common as C
@@ -57,27 +64,12 @@ class Variant:
     passes: dict = field(default_factory=dict)
 
 
-def _autocast(amp: str, device: torch.device):
-    if amp == "none":
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def engine_step(v: Variant, x, y, amp: str) -> dict:
-    """One step exactly as ``ciard_bench.train`` runs it."""
-    with _autocast(amp, x.device):
-        out = v.forward(x, y)
-    v.optimizer.zero_grad(set_to_none=True)
-    v.scaler.scale(out["loss"]).backward()
-    v.scaler.step(v.optimizer)
-    for t in v.trainings:
-        if t.loss_key in out:        # the method trains this teacher on this step
-            opt = v.teacher_opts[t.name]
-            opt.zero_grad(set_to_none=True)
-            v.scaler.scale(out[t.loss_key]).backward()
-            v.scaler.step(opt)
-    v.scaler.update()
-    return out
+    """One step: the training engine's own ``train_step`` on this variant's forward."""
+    run = Run(cfg=TrainConfig(amp=amp), device=x.device, data=None, method=v.forward,
+              optimizer=v.optimizer, teacher_optimizers=v.teacher_opts, scaler=v.scaler,
+              x_test=None, y_test=None)
+    return train_step(run, x, y, v.trainings)
 
 
 def _optimizers(method, forward_owner, epoch: int) -> tuple:
@@ -92,9 +84,6 @@ def _optimizers(method, forward_owner, epoch: int) -> tuple:
 
 
 def build(args, device: torch.device) -> tuple[list[Variant], dict[str, float]]:
-    from ciard_bench.methods import Context, create_method, get_method
-    from ciard_bench.models import count_flops, create_model
-
     cls = get_method(args.method)
     archs = {"clean_teacher": args.clean_teacher_arch, "robust_teacher": args.robust_teacher_arch}
     missing = [r for r in cls.teachers if not archs[r]]
@@ -132,8 +121,6 @@ def _values(out: dict) -> dict[str, float]:
 
 
 def run(args) -> dict:
-    from ciard_bench.utils import resolve_device
-
     device = resolve_device(args.device)
     if args.amp != "none" and device.type != "cuda":
         raise SystemExit(f"error: --amp {args.amp} needs a CUDA device (as the training engine)")
@@ -312,8 +299,6 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def _main(argv: list[str] | None) -> int:
-    from ciard_bench.methods import get_method
-
     args = _parser().parse_args(argv)
     args.opt = [_option(o) for o in args.opt]
     args.epochs = args.epochs or get_method(args.method).train_defaults.get("epochs", 300)
@@ -329,8 +314,6 @@ def _main(argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; a ``UserError`` (bad model, option, device) prints one line, exit 2."""
-    from ciard_bench.errors import cli_main
-
     return cli_main(_main, argv)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .errors import UserError
 
 
@@ -43,8 +45,6 @@ def epoch_means(sums: dict[str, Any], n_steps: int, weights: dict[str, str]) -> 
 def raise_if_weights_bad(run: Any, epoch: int, step: int) -> None:
     """Before any checkpoint: the student's and every trained teacher's parameters and buffers
     are finite (the loss guard misses weights that overflow in an epoch's last step)."""
-    import torch
-
     trained = [t.name for t in run.method.teacher_trainings()]
     for name in ["student", *trained]:
         tensors = [t.detach() for t in (*getattr(run.method, name).parameters(),

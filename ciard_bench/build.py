@@ -8,14 +8,19 @@ import contextlib
 import dataclasses
 from typing import Any
 
+import torch
+
+from .attacks import accuracy
 from .config import TrainConfig
+from .data import load_dataset, to_float_nchw
 from .errors import UserError
 from .faults import kill_point
+from .methods import Context, create_method, get_method
+from .models import create_model, load_teacher
 
 
 def autocast(cfg: TrainConfig, device):
-    import torch
-
+    """The step's autocast context: none, or bf16/fp16 on ``device`` (``cfg.amp``)."""
     if cfg.amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -37,12 +42,6 @@ class Run:
 
 def build(cfg: TrainConfig, device) -> Run:
     """Data, student, teachers, method and optimisers for a resolved config."""
-    import torch
-
-    from .data import load_dataset, to_float_nchw
-    from .methods import Context, create_method, get_method
-    from .models import create_model
-
     data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
                         n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
@@ -52,7 +51,6 @@ def build(cfg: TrainConfig, device) -> Run:
         if spec is None:
             raise UserError(f"method {cfg.method!r} needs --{role.replace('_', '-')} "
                             "(PATH | ARCH=PATH | rb:NAME; train one with python -m ciard_bench.teachers train)")
-        from .teachers import load_teacher
         teachers[role] = load_teacher(spec, dataset=cfg.dataset, num_classes=data.num_classes,
                                       model_dir=cfg.teacher_model_dir, device="cpu")
     ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
@@ -73,29 +71,6 @@ def build(cfg: TrainConfig, device) -> Run:
     x_test = to_float_nchw(data.x_test).to(device)
     return Run(cfg, device, data, method, optimizer, teacher_optimizers, scaler, x_test,
                data.y_test.to(device))
-
-
-def accuracy(model, x, y, batch_size: int, attack: str | None = None, eps: float = 8 / 255,
-             seed: int = 0) -> float:
-    """Accuracy (percent) of ``model`` in eval mode, clean or under a registered attack."""
-    import torch
-
-    from .methods.pgd import eval_mode
-
-    correct = torch.zeros((), device=x.device)
-    with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        atk = None
-        if attack is not None:
-            from .attacks import create_attack
-            atk = create_attack(attack, model, eps=eps)
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            if atk is not None:
-                xb = atk(xb, yb)
-            with torch.no_grad():
-                correct += (model(xb).argmax(1) == yb).sum()
-    return 100.0 * correct.item() / len(x)
 
 
 def evaluate_epoch(run: Run, epoch: int) -> dict[str, float]:

@@ -18,10 +18,13 @@ import io
 import json
 import math
 import os
+import pickle
 import secrets
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .errors import UserError
 from .faults import kill_point
@@ -148,8 +151,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save`` ``obj`` to ``path`` atomically; returns the file's sha256."""
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
@@ -175,10 +176,6 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
     not a PyTorch file, holds objects that would run code when unpickled, or does not
     match ``expected_sha256``.
     """
-    import pickle
-
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist; expected a .pt/.pth file")

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import UserError
+from .methods import get_method, make_options
+from .schedules import get_schedule
 from .utils import finite, parse_eps, parse_fraction
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -76,9 +80,6 @@ RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_be
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill ``None`` optimiser settings from the method (or the shared protocol); validate."""
-    from .methods import get_method, make_options
-    from .schedules import get_schedule
-
     method = get_method(cfg.method)
     if cfg.protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {cfg.protocol!r}; accepted: {', '.join(PROTOCOLS)}")
@@ -112,22 +113,25 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return out
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict of TrainConfig keys."""
+def read_mapping_file(path: str, what: str, accepted: str, holds: str) -> dict[str, Any]:
+    """The mapping a YAML or JSON file (``.json``: JSON, any other name: YAML) holds; a missing
+    file, a parser error or another top-level value is a one-line error naming ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file {path!r} does not exist; accepted: a .yaml/.yml/.json file")
-    text = p.read_text()
+        raise UserError(f"{what} {path!r} does not exist; accepted: {accepted}")
     try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except Exception as err:  # noqa: BLE001 - any parser error is the user's file
-        raise UserError(f"config file {path!r} could not be parsed: {str(err).splitlines()[0]}") from err
+        raise UserError(f"{what} {path!r} could not be parsed: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict):
-        raise UserError(f"config file {path!r} must hold a mapping of settings")
+        raise UserError(f"{what} {path!r} must hold a mapping of {holds}")
+    return data
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of TrainConfig keys."""
+    data = read_mapping_file(path, "config file", "a .yaml/.yml/.json file", "settings")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - names)
     if unknown:

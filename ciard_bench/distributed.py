@@ -19,6 +19,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
 from .errors import UserError
 
 
@@ -42,8 +46,6 @@ def setup(device_name: str) -> tuple[Dist, str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), device_name
-    import torch
-    import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
@@ -59,7 +61,6 @@ def setup(device_name: str) -> tuple[Dist, str]:
 
 def teardown(d: Dist) -> None:
     if d.enabled:
-        import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -68,8 +69,6 @@ def average_gradients(params: Iterable[Any], d: Dist) -> None:
     """All-reduce the gradients of ``params`` (one flattened buffer) and divide by world size."""
     if not d.enabled:
         return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -85,7 +84,6 @@ def broadcast_state(module: Any, d: Dist, params: bool = True) -> None:
     """Copy rank 0's buffers (and parameters) to every rank."""
     if not d.enabled:
         return
-    import torch.distributed as dist
 
     tensors = list(module.buffers()) + (list(module.parameters()) if params else [])
     for t in tensors:
@@ -94,14 +92,12 @@ def broadcast_state(module: Any, d: Dist, params: bool = True) -> None:
 
 def all_reduce_max(value: Any, d: Dist) -> Any:
     if d.enabled:
-        import torch.distributed as dist
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
 
 
 def all_reduce_mean(values: dict[str, Any], d: Dist) -> dict[str, Any]:
     if d.enabled:
-        import torch.distributed as dist
         for v in values.values():
             dist.all_reduce(v)
             v.div_(d.world_size)
@@ -112,7 +108,6 @@ def gather(obj: Any, d: Dist) -> list[Any]:
     """Every rank's ``obj``, as a list indexed by rank (on every rank)."""
     if not d.enabled:
         return [obj]
-    import torch.distributed as dist
     out: list[Any] = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
@@ -122,7 +117,6 @@ def max_param_difference(module: Any, d: Dist) -> float:
     """Largest absolute difference of any parameter between rank 0 and another rank."""
     if not d.enabled:
         return 0.0
-    import torch
     flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in module.parameters()])
     copies = gather(flat, d)
     return max(float((c - copies[0]).abs().max()) for c in copies)
@@ -130,5 +124,4 @@ def max_param_difference(module: Any, d: Dist) -> float:
 
 def barrier(d: Dist) -> None:
     if d.enabled:
-        import torch.distributed as dist
         dist.barrier()

@@ -16,6 +16,7 @@ leaves ``run.json`` pointing to complete files whose sha256 it records.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,6 @@ class RunDir:
 
 def check_writable(folder: str | Path) -> None:
     """Fail early, with one line, when ``folder`` cannot be created or written (writes nothing)."""
-    import os
-
     folder = Path(folder).absolute()
     probe = folder
     while not probe.exists():

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .attacks import get_attack, list_attacks
+
 log = logging.getLogger(__name__)
 
 # relative tolerance for "identical" logits: reductions (and TF32 / cuDNN algorithm choice on
@@ -139,17 +141,20 @@ def check_order(lower: str, lower_acc: float, upper: str, upper_acc: float, tol:
 
 def order_checks(acc: dict[str, float], correct: dict[str, torch.Tensor], kinds: dict[str, str],
                  n: int) -> list[dict]:
-    """The dataset-level orderings between the attacks that were run."""
+    """The dataset-level orderings between the attacks that were run, by each attack's
+    ``sanity`` role in :mod:`ciard_bench.attacks` (PGD <= FGSM; AA <= PGD and CW) and kind
+    (the strongest white-box attack <= every black-box and transfer attack)."""
     tol, checks = slack(n), []
-    for pgd in ("pgd_sat", "pgd_trades"):
-        if pgd in acc and "fgsm" in acc:
-            checks.append(check_order(pgd, acc[pgd], "fgsm", acc["fgsm"], tol))
-    if "aa" in acc:
-        for other in ("pgd_sat", "pgd_trades", "cw_inf"):
-            if other in acc:
-                missed = int((correct["aa"] & ~correct[other]).sum())
-                checks.append(check_order("aa", acc["aa"], other, acc[other], tol,
-                                          missed_by_aa=missed))
+    ran = [a for a in list_attacks() if a in acc]          # protocol order
+    role = {a: get_attack(a).sanity for a in ran}
+    for lower in (a for a in ran if role[a] == "pgd"):
+        for upper in (a for a in ran if role[a] == "one_step"):
+            checks.append(check_order(lower, acc[lower], upper, acc[upper], tol))
+    for ens in (a for a in ran if role[a] == "ensemble"):
+        for other in (a for a in ran if role[a] in ("pgd", "iterative")):
+            missed = int((correct[ens] & ~correct[other]).sum())
+            checks.append(check_order(ens, acc[ens], other, acc[other], tol,
+                                      **{f"missed_by_{ens}": missed}))
     white = [a for a in acc if kinds.get(a) == "white-box"]
     if white:
         best = min(white, key=lambda a: acc[a])

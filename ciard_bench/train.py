@@ -16,18 +16,25 @@ import sys
 import time
 from typing import Any
 
-from .config import RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments, config_from_args, resolve
+import torch
+from tqdm import tqdm
+
+from .bookkeeping import NonFiniteWeights, accumulate, epoch_means, raise_if_weights_bad  # noqa: F401
+from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
+from .checkpoint import FORMAT, atomic_write_json
+from .config import (RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments,
+                     config_from_args, load_config_file, resolve)
+from .data import ArrayDataset, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
                           broadcast_state, gather, max_param_difference, setup, teardown)
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
+from .methods import get_method, list_methods
 from .runs import RunDir, check_writable
-from .bookkeeping import NonFiniteWeights, accumulate, epoch_means, raise_if_weights_bad  # noqa: F401
-from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
+from .schedules import get_schedule
 from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("ciard_bench.train")
-FORMAT = "ciard-bench/1"
 LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the device)
 
 
@@ -72,8 +79,11 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> N
                             f"{saved.get(key)!r}; accepted: the run's own settings")
 
 
-def _step(run: Run, x, y, trainings: list, d: Dist) -> dict[str, Any]:
-    """One optimisation step of the student (and of any teacher the method trains)."""
+def train_step(run: Run, x, y, trainings: list, d: Dist = Dist()) -> dict[str, Any]:
+    """One optimisation step of the student (and of any teacher the method trains): the
+    method's forward under autocast, backward through the scaler, gradients averaged over
+    processes, optimiser steps; returns the method's loss dict. ``benchmarks/step.py`` times
+    this very function."""
     with autocast(run.cfg, run.device):
         out = run.method(x, y)
     run.optimizer.zero_grad(set_to_none=True)
@@ -99,13 +109,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
     Under ``torchrun`` every process calls this; see :mod:`ciard_bench.distributed`.
     """
-    import torch
-    from tqdm import tqdm
-
-    from .checkpoint import atomic_write_json
-    from .data import ArrayDataset, make_loader
-    from .schedules import get_schedule
-
     cfg = resolve(cfg)
     d, device_name = setup(cfg.device)
     device = resolve_device(device_name)
@@ -180,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             kill_point("step")
-            out = _step(run, x, y, trainings, d)
+            out = train_step(run, x, y, trainings, d)
             with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
                 bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
@@ -235,8 +238,6 @@ def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
 
 def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
             rank_difference: float) -> dict[str, Any]:
-    from .checkpoint import atomic_write_json
-
     state = rundir.read_state()
     evaluated = [r for r in history if "wr" in r]
     metrics = ("clean_acc", "pgd_trades_acc", "wr")
@@ -254,9 +255,8 @@ def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
     return result
 
 
-def _parser(method_name: str) -> argparse.ArgumentParser:
-    from .methods import get_method
-
+def build_parser(method_name: str) -> argparse.ArgumentParser:
+    """The ``python -m ciard_bench.train`` parser: engine flags and ``method_name``'s options."""
     parser = ArgumentParser(prog="python -m ciard_bench.train",
                                      description="Train a student (or teacher) with one method.")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
@@ -267,15 +267,12 @@ def _parser(method_name: str) -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from .config import load_config_file
-    from .methods import get_method, list_methods
-
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--method")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     method = known.method or (load_config_file(known.config).get("method") if known.config else None) or "ciard"
-    args = _parser(method).parse_args(argv)
+    args = build_parser(method).parse_args(argv)
     if args.list_methods:
         for name in list_methods():
             cls = get_method(name)

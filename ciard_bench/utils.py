@@ -1,14 +1,20 @@
-"""Small shared helpers: eps parsing, device resolution, seeding, provenance."""
+"""Small shared helpers: eps parsing, device resolution, seeding, provenance, eval mode."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import platform
 import random
 import subprocess
 from fractions import Fraction
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
+import torch
 
 from .errors import UserError
 
@@ -44,6 +50,14 @@ def parse_eps(text: str | float, what: str = "eps", allow_zero: bool = False) ->
     return eps
 
 
+def fraction_text(value: float) -> str:
+    """``2/255`` when ``value`` is a fraction with denominator <= 255 (to 1e-12), else ``%g``."""
+    frac = Fraction(value).limit_denominator(255)
+    if abs(float(frac) - value) < 1e-12:
+        return f"{frac.numerator}/{frac.denominator}"
+    return f"{value:g}"
+
+
 def positive_int(text: str | int, what: str) -> int:
     """Parse an integer > 0 with a one-line error."""
     try:
@@ -57,8 +71,6 @@ def positive_int(text: str | int, what: str) -> int:
 
 def resolve_device(name: str | None = "auto") -> "Any":
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> ``torch.device``; clear error without a GPU."""
-    import torch
-
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,9 +93,6 @@ def resolve_device(name: str | None = "auto") -> "Any":
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -107,8 +116,6 @@ def git_revision() -> str | None:
 
 def provenance(device: Any = None, seed: int | None = None) -> dict:
     """Versions, git revision, device and host: recorded in every result JSON."""
-    from importlib import metadata
-
     versions = {}
     for pkg in ("ciard-bench", "torch", "torchvision", "torchattacks", "pyautoattack",
                 "robustbench", "numpy", "pandas"):
@@ -121,7 +128,6 @@ def provenance(device: Any = None, seed: int | None = None) -> dict:
     if device is not None:
         info["device"] = str(device)
         try:
-            import torch
             if torch.device(device).type == "cuda":
                 info["device_name"] = torch.cuda.get_device_name(torch.device(device))
         except (RuntimeError, AssertionError):
@@ -133,19 +139,12 @@ def provenance(device: Any = None, seed: int | None = None) -> dict:
 def tensor_sha256(t: Any) -> str:
     """sha256 of a tensor's values in memory order: any change, including a reordering of the
     points, changes it (sums and counts do not see a permutation)."""
-    import hashlib
-
-    import torch
-
     flat = t.detach().cpu().contiguous().reshape(-1)   # the raw bytes: any dtype, also bfloat16
     return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def rng_state(device) -> dict[str, Any]:
     """Every RNG the training step draws from (torch CPU/CUDA, numpy, python) as tensors/lists."""
-    import numpy as np
-    import torch
-
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
              "python_gauss": random.getstate()[2],
@@ -157,11 +156,23 @@ def rng_state(device) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], device) -> None:
     """Restore what :func:`rng_state` saved."""
-    import numpy as np
-    import torch
-
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], 0, 0.0))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: Any) -> Iterator[None]:
+    """Put ``modules`` (``nn.Module`` or None) in eval mode; restore every submodule's own mode
+    afterwards."""
+    saved = [(m, [(sub, sub.training) for sub in m.modules()]) for m in modules if m is not None]
+    for m, _ in saved:
+        m.eval()
+    try:
+        yield
+    finally:
+        for _, flags in saved:
+            for sub, was_training in flags:
+                sub.training = was_training

@@ -10,15 +10,58 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchattacks
 
-from ciard_bench.attacks import (PROTOCOL, AutoAttackAdapter, CWLinf, attack_settings,
-                                 create_attack, cw_margin_loss, list_attacks)
+from ciard_bench.attacks import (PROTOCOL, AttackSpec, AutoAttackAdapter, CWLinf, attack_settings,
+                                 create_attack, cw_margin_loss, describe_attack, get_attack,
+                                 list_attacks, register_attack)
 from ciard_bench.errors import UserError
 
 from toys import toy
 
 EPS = 8 / 255
+_PGD_TRADES = "PGD_TRADES: CE, 20 steps of 0.003, random start"
+_CW_INF = ("CW_inf: CW margin (kappa 50), 30 steps of 2/255, zero start, clamped every step "
+           "(torchattacks convention)")
+# One row per registered attack: name, kind, table label, caption phrase at the protocol's
+# settings. Adding an attack is one record in ciard_bench/attacks/protocol.py and one row here.
+SPECS = [
+    ("fgsm", "white-box", "FGSM", "FGSM: 1 step of eps"),
+    ("pgd_sat", "white-box", "PGD_SAT", "PGD_SAT: CE, 20 steps of 2/255, random start"),
+    ("pgd_trades", "white-box", "PGD_TRADES", _PGD_TRADES),
+    ("cw_inf", "white-box", "CW_inf", _CW_INF),
+    ("square", "black-box", "SA", "SA: Square (Linf), 100 queries"),
+    ("square_aa", "black-box", "SA_AA", "SA_AA: AutoAttack's Square (Linf), 5000 queries"),
+    ("aa", "white-box", "AA", "AA: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"),
+    ("transfer_pgd_trades", "transfer", "Transfer_PGD_TRADES",
+     f"Transfer PGD_TRADES ({_PGD_TRADES}, crafted on the robust teacher)"),
+    ("transfer_cw_inf", "transfer", "Transfer_CW_inf",
+     f"Transfer CW_inf ({_CW_INF}, crafted on the robust teacher)"),
+    ("noise", "sanity", "Noise", "Noise: uniform in the eps ball, 20 draws per point"),
+]
 
 
+def test_every_registered_attack_has_its_row():
+    assert [row[0] for row in SPECS] == list_attacks()
+
+
+@pytest.mark.parametrize("name,kind,label,caption", SPECS, ids=[row[0] for row in SPECS])
+def test_each_attack_record_builds_and_has_its_label_and_caption(name, kind, label, caption):
+    model, _, _ = toy(4)
+    source, _, _ = toy(1, contrast=0.5)
+    spec = get_attack(name)
+    assert (spec.kind, spec.label, attack_settings(name)["kind"]) == (kind, label, kind)
+    assert describe_attack(name, EPS, {}) == caption
+    attack = create_attack(name, model, source=source)
+    assert isinstance(attack, torchattacks.attack.Attack) and attack.settings["name"] == name
+
+
+def test_a_record_that_cannot_be_built_is_refused_at_registration():
+    with pytest.raises(ValueError, match="registered twice"):
+        register_attack(AttackSpec("fgsm", "white-box", {}, label="FGSM", build=lambda *a, **k: None))
+    with pytest.raises(ValueError, match="builder"):
+        register_attack(AttackSpec("no_builder", "white-box", {}, label="X"))
+    with pytest.raises(ValueError, match="kind"):
+        register_attack(AttackSpec("bad_kind", "grey-box", {}, label="X", build=lambda *a, **k: None))
+    assert "no_builder" not in list_attacks() and "bad_kind" not in list_attacks()
 
 
 def test_registry_has_the_protocol_attacks():

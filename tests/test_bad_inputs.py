@@ -139,7 +139,3 @@ def test_bad_input_gets_one_line_and_exit_2(cli, argv, needle, files, tmp_path, 
     assert needle in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before   # nothing written
     assert json.dumps(sorted(str(p) for p in __import__("pathlib").Path(files["run"]).rglob("*"))) == run_state
-
-
-def test_at_least_25_cases():
-    assert len(CASES) >= 25

@@ -12,46 +12,23 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from ciard_bench import train as engine
 from ciard_bench.config import SHARED_PROTOCOL, TrainConfig, resolve
-from ciard_bench.methods import Context, create_method, get_method, list_methods
+from ciard_bench.methods import get_method, list_methods
 from ciard_bench.methods import pgd as pgd_module
 from ciard_bench.models import create_model, save_model_file
 from ciard_bench.runs import RunDir
 
+from toys import ce, fix_adv, kl, kle, log_softmax, mean, rows, softmax, tiny_method
+
 C = 4
-ROLES = ("clean_teacher", "robust_teacher")
 METHODS = [n for n in list_methods() if n != "ciard"]          # CIARD: tests/test_ciard.py
 ATTACKING = [n for n in METHODS if hasattr(get_method(n), "_adversarial")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)            # the CPU is shared; one thread is faster here
-    yield
-    torch.set_num_threads(before)
-
-
-class Tiny(nn.Module):
-    def __init__(self, seed: int, classes: int = C):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, classes)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3))) * 3
-
-
 def make(name, classes=C, epochs=300, steps=3, **opts):
-    cls = get_method(name)
-    teachers = {r: Tiny(i + 1, classes) for i, r in enumerate(ROLES) if r in cls.teachers}
-    ctx = Context(num_classes=classes, epochs=epochs, steps=steps)
-    m = create_method(name, Tiny(0, classes), teachers, ctx, opts)
+    m = tiny_method(name, classes, epochs, steps, **opts)
     m.begin_epoch(1)
     return m.train()
 
@@ -60,13 +37,6 @@ def batch(n=8, seed=5, classes=C):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes                                 # every class present
     return torch.rand(n, 3, 8, 8, generator=g), y[torch.randperm(n, generator=g)]
-
-
-def fix_adv(m, x, seed=9):
-    g = torch.Generator().manual_seed(seed)
-    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
-    m._adversarial = lambda *a, **k: x_adv
-    return x_adv
 
 
 def ref(m, x, x_adv):
@@ -79,39 +49,6 @@ def ref(m, x, x_adv):
             t = copy.deepcopy(getattr(m, role)).eval()
             out[role], out[role + "_adv"] = rows(t(x)), rows(t(x_adv))
     return out
-
-
-# -- plain-Python math ------------------------------------------------------------------------
-def rows(t):
-    return t.detach().double().tolist()
-
-
-def softmax(row, T=1.0):
-    e = [math.exp((v - max(row)) / T) for v in row]
-    return [v / sum(e) for v in e]
-
-
-def log_softmax(row, T=1.0):
-    return [math.log(p) for p in softmax(row, T)]
-
-
-def kl(p, log_q):                         # exact KL(p || q) of one row
-    return sum(a * (math.log(a) - b) for a, b in zip(p, log_q))
-
-
-def kle(probs, student_rows):             # element-wise mean of p (log(p + 1e-5) - log q)
-    terms = [a * (math.log(a + 1e-5) - b) for p, s in zip(probs, student_rows)
-             for a, b in zip(p, log_softmax(s))]
-    return sum(terms) / len(terms)
-
-
-def ce(row, label):
-    return -log_softmax(row)[label]
-
-
-def mean(values):
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def approx(v):

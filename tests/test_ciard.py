@@ -1,32 +1,19 @@
 """CIARD (CIARD.md) step by step on tiny models: every loss term by hand, every switch."""
+import copy
 import math
 
 import pytest
 import torch
-from torch import nn
 
-from ciard_bench.methods import Context, create_method
 from ciard_bench.schedules import get_schedule
+
+from toys import fix_adv, kle, rows, softmax, tiny_method
 
 C = 4
 
 
-class Tiny(nn.Module):
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, C)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3))) * 3
-
-
 def make(epochs=300, steps=3, **opts):
-    teachers = {"clean_teacher": Tiny(1), "robust_teacher": Tiny(2)}
-    ctx = Context(num_classes=C, epochs=epochs, steps=steps)
-    return create_method("ciard", Tiny(0), teachers, ctx, opts)
+    return tiny_method("ciard", C, epochs, steps, **opts)
 
 
 def batch(n=8, seed=5):
@@ -34,41 +21,13 @@ def batch(n=8, seed=5):
     return torch.rand(n, 3, 8, 8, generator=g), torch.randint(0, C, (n,), generator=g)
 
 
-def _rows(t):
-    return t.detach().double().tolist()
-
-
-def _softmax(row, T=1.0):
-    m = max(v / T for v in row)
-    e = [math.exp(v / T - m) for v in row]
-    return [v / sum(e) for v in e]
-
-
-def _kle(student_rows, target_probs, T=1.0):
-    total, n = 0.0, 0
-    for s, p in zip(student_rows, target_probs):
-        q = _softmax(s, T)
-        for c in range(len(s)):
-            total += p[c] * (math.log(p[c] + 1e-5) - math.log(q[c]))
-            n += 1
-    return total / n if n else 0.0
-
-
 def _order(v):
     v = abs(v) if v != 0 else 1e-7
     return math.floor(math.log10(v))
 
 
-def _fixed_adv(method, x, seed=9):
-    g = torch.Generator().manual_seed(seed)
-    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
-    method._adversarial = lambda x_, y_: x_adv
-    return x_adv
-
-
 def _reference_logits(method, x, x_adv):
     """The logits CIARD.md says the step uses, computed on copies (train-mode student)."""
-    import copy
     s = copy.deepcopy(method.student).train()
     tn = copy.deepcopy(method.clean_teacher).eval()
     ta = copy.deepcopy(method.robust_teacher)
@@ -89,16 +48,16 @@ def test_every_loss_term_matches_hand_computation():
     m.begin_epoch(1)
     m.train()
     x, _ = batch()
-    x_adv = _fixed_adv(m, x)
+    x_adv = fix_adv(m, x)
     y = _labels_half_wrong(m, x_adv)
     z_s, z_sa, z_n, z_na, z_ta = _reference_logits(m, x, x_adv)
     out = m(x, y)
-    p_a = [_softmax(r) for r in _rows(z_ta)]
-    p_n = [_softmax(r) for r in _rows(z_n)]
-    l_adv, l_nat = _kle(_rows(z_sa), p_a), _kle(_rows(z_s), p_n)
+    p_a = [softmax(r) for r in rows(z_ta)]
+    p_n = [softmax(r) for r in rows(z_n)]
+    l_adv, l_nat = kle(p_a, rows(z_sa)), kle(p_n, rows(z_s))
     wrong = [i for i in range(len(y)) if max(range(C), key=lambda c: z_na[i, c]) != y[i]]
     assert wrong == [0, 2, 4, 6]
-    l_push = _kle([_rows(z_sa)[i] for i in wrong], [_softmax(_rows(z_na)[i]) for i in wrong], T=5.0)
+    l_push = kle([softmax(rows(z_na)[i]) for i in wrong], [rows(z_sa)[i] for i in wrong], T=5.0)
     scale = 10.0 ** (min(_order(l_adv), _order(l_nat)) - _order(l_push))
     assert out["loss_adv"].item() == pytest.approx(l_adv, rel=1e-5)
     assert out["loss_nat"].item() == pytest.approx(l_nat, rel=1e-5)
@@ -115,18 +74,18 @@ def test_temperature_update_follows_entropy_balance():
     m.tau_a.fill_(2.0)
     m.tau_n.fill_(3.0)
     x, y = batch()
-    x_adv = _fixed_adv(m, x)
+    x_adv = fix_adv(m, x)
     _, _, z_n, _, z_ta = _reference_logits(m, x, x_adv)
     out = m(x, y)
     ent = lambda probs: sum(p * math.log(p + 1e-5) for row in probs for p in row) / (len(probs) * C)
-    h_a = ent([_softmax(r, 2.0) for r in _rows(z_ta)])
-    h_n = ent([_softmax(r, 3.0) for r in _rows(z_n)])
+    h_a = ent([softmax(r, 2.0) for r in rows(z_ta)])
+    h_n = ent([softmax(r, 3.0) for r in rows(z_n)])
     sign = lambda v: (v > 0) - (v < 0)
     assert m.tau_a.item() == pytest.approx(2.0 - 0.001 * sign(h_a / h_n - 1), abs=1e-6)
     assert m.tau_n.item() == pytest.approx(3.0 - 0.001 * sign(h_n / h_a - 1), abs=1e-6)
     # the losses of this step used the temperatures before the update
-    assert out["loss_adv"].item() == pytest.approx(_kle(_rows(_reference_logits(m, x, x_adv)[1]),
-                                                        [_softmax(r, 2.0) for r in _rows(z_ta)]), rel=1e-4)
+    assert out["loss_adv"].item() == pytest.approx(kle([softmax(r, 2.0) for r in rows(z_ta)],
+                                                       rows(_reference_logits(m, x, x_adv)[1])), rel=1e-4)
 
 
 def test_temperatures_stay_in_bounds():
@@ -144,14 +103,14 @@ def test_push_temperature_and_lambda_push():
     for key, opts in {"base": {}, "t4": {"push_temperature": 4.0}, "lam": {"lambda_push": 2.5}}.items():
         m = make(**opts)
         m.begin_epoch(1)
-        x_adv = _fixed_adv(m, x)
+        x_adv = fix_adv(m, x)
         y = _labels_half_wrong(m, x_adv)
         _, z_sa, _, z_na, _ = _reference_logits(m, x, x_adv)
         results[key] = (m(x, y), z_sa, z_na, y)
     base, t4, lam = results["base"][0], results["t4"][0], results["lam"][0]
     _, z_sa, z_na, y = results["t4"]
     wrong = [i for i in range(len(y)) if z_na[i].argmax() != y[i]]
-    hand_t4 = _kle([_rows(z_sa)[i] for i in wrong], [_softmax(_rows(z_na)[i]) for i in wrong], T=4.0)
+    hand_t4 = kle([softmax(rows(z_na)[i]) for i in wrong], [rows(z_sa)[i] for i in wrong], T=4.0)
     assert t4["loss_push"].item() == pytest.approx(hand_t4, rel=1e-5)
     assert t4["loss_push"].item() != pytest.approx(base["loss_push"].item())
     extra = (lam["loss"] - base["loss"]).item()
@@ -171,7 +130,7 @@ def test_empty_push_mask_gives_zero_push():
     m = make()
     m.begin_epoch(1)
     x, _ = batch()
-    x_adv = _fixed_adv(m, x)
+    x_adv = fix_adv(m, x)
     with torch.no_grad():
         y = m.clean_teacher(x_adv).argmax(1)         # the clean teacher is right everywhere
     out = m(x, y)
@@ -345,7 +304,7 @@ def test_two_temperature_updates_follow_the_released_python_float_arithmetic():
     m = make(loss_weights="mtard_adaptive")
     m.begin_epoch(1)
     x, y = batch()
-    _fixed_adv(m, x)
+    fix_adv(m, x)
     outs = [m(x, y), m(x, y)]
     for name in ("tau_a", "tau_n", "temp_rate", "weight_rate", "w_adv", "w_nat", "l0_adv", "l0_nat"):
         assert getattr(m, name).dtype == torch.float64, name

@@ -335,7 +335,7 @@ def test_non_finite_settings_are_one_line_errors_and_write_nothing(tmp_path, cap
 def test_non_finite_settings_through_the_api_and_config_files(tmp_path):
     from ciard_bench.config import TrainConfig, config_from_args, resolve
     from ciard_bench.errors import UserError
-    from ciard_bench.train import _parser
+    from ciard_bench.train import build_parser
 
     for bad in ({"lr": float("nan")}, {"momentum": float("inf")}, {"eps": float("nan")},
                 {"alpha": float("-inf")}, {"method_options": {"temp_rate": float("nan")}}):
@@ -343,7 +343,7 @@ def test_non_finite_settings_through_the_api_and_config_files(tmp_path):
             resolve(TrainConfig(method="ciard", **bad))
     (tmp_path / "c.yaml").write_text("lr: .nan\n")
     with pytest.raises(UserError, match="lr nan is not a finite number; accepted: a finite number > 0"):
-        resolve(config_from_args(_parser("sat").parse_args(["--config", str(tmp_path / "c.yaml")])))
+        resolve(config_from_args(build_parser("sat").parse_args(["--config", str(tmp_path / "c.yaml")])))
 
 
 def test_weights_that_overflow_in_the_last_step_stop_the_run_before_any_checkpoint(tmp_path, capsys):

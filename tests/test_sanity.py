@@ -12,10 +12,9 @@ from ciard_bench import sanity
 from ciard_bench.evaluate import evaluate
 from ciard_bench.sanity import SanityWarning
 
-from toys import toy
+from toys import StuckBatchNorm2d, toy
 
 EPS = 8 / 255
-
 
 
 
@@ -30,21 +29,10 @@ class Quantise(nn.Module):
         return torch.round(x * self.levels) / self.levels
 
 
-class StuckBatchNorm(nn.Module):
-    """A wrapper whose eval() leaves its BatchNorm in training mode (a classic bug)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                 nn.Flatten(), nn.Linear(4 * 64, 10))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.net[1].train(True)
-        return self
-
-    def forward(self, x):
-        return self.net(x)
+def stuck_bn_net() -> nn.Module:
+    """eval() leaves its BatchNorm (module ``1``) in training mode."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), StuckBatchNorm2d(4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 64, 10))
 
 
 def _by_name(result: dict) -> dict:
@@ -78,14 +66,14 @@ def test_masked_gradients_trip_the_gradient_and_noise_checks():
 
 def test_train_mode_batchnorm_trips_the_determinism_check():
     torch.manual_seed(0)
-    model = StuckBatchNorm()
+    model = stuck_bn_net()
     x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 10
     with pytest.warns(SanityWarning, match="'deterministic' FAILED"):
         res = evaluate(model, x, y, ["fgsm"], EPS, expensive_checks=False)
     checks = _by_name(res)
     assert checks["deterministic"]["values"]["split_batch"] > sanity.LOGIT_TOL
     assert checks["eval_mode"]["passed"] is False
-    assert "net.1" in checks["eval_mode"]["values"]["modules_in_training"]
+    assert "1" in checks["eval_mode"]["values"]["modules_in_training"]
 
 
 def test_probabilities_trip_the_logits_check():

@@ -16,6 +16,8 @@ from ciard_bench.sanity import SanityWarning
 from ciard_bench.submit import check_name, main, register_zoo_entry
 from ciard_bench.submit.card import model_info, protocol_notes, training_footnote
 
+from toys import StuckBatchNorm2d
+
 NAME = "Doe2025Tiny"
 N = 16
 # the shape of RobustBench's own cards (model_info/cifar10/Linf/Chen2021LTD_WRN34_20.json,
@@ -25,15 +27,6 @@ REFERENCE_CARD = {"link": "https://arxiv.org/abs/0000.00000", "name": "Title", "
                   "venue": "arXiv, Nov 2021", "architecture": "WideResNet-34-20", "eps": "8/255",
                   "clean_acc": "86.03", "reported": "57.71", "footnote": "",
                   "autoattack_acc": "57.71"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # toy models: OpenMP hand-offs cost more than the maths (10-50x on a shared 2-core box)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -201,15 +194,8 @@ def test_a_clean_protocol_run_gives_a_card_without_notes():
             "robust teacher teacher.")
 
 
-class _StuckBatchNorm(nn.BatchNorm2d):
-    """A classic bug: eval() does not reach this layer, so it normalises with batch statistics."""
-
-    def train(self, mode: bool = True):
-        return super().train(True)
-
-
 def stuck_bn_net(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _StuckBatchNorm(8), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), StuckBatchNorm2d(8), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, num_classes))
 
 

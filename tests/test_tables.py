@@ -193,7 +193,6 @@ def _run_tiny(tmp_path, extra=()):
 
 
 def test_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
-    from ciard_bench import train as engine
     from ciard_bench.runs import RunDir
 
     class Killed(Exception):
@@ -219,8 +218,8 @@ def test_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(RunDir, "save", real_save)
 
     calls = []
-    real_train = engine.train
-    monkeypatch.setattr(engine, "train", lambda cfg, resume=False, progress=True: calls.append(
+    real_train = store.train     # the engine's train, as the store calls it
+    monkeypatch.setattr(store, "train", lambda cfg, resume=False, progress=True: calls.append(
         (cfg.out, resume)) or real_train(cfg, resume=resume, progress=progress))
     assert _run_tiny(tmp_path, ["--teacher-epochs", "2"]) == 0
     assert [(out.split("runs/")[1], resume) for out, resume in calls] == [

@@ -6,11 +6,13 @@ import os
 import pickle
 import tarfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..checkpoint import create_temporary
 from ..errors import UserError
@@ -26,7 +28,7 @@ _NPZ_ACCEPTED = "an .npz with x_train, y_train, x_test, y_test and optional clas
 def _register_cifar(name: str, cls_name: str, folder: str, archive: str) -> None:
     @register_dataset(name)
     def load(root: Path, download: bool) -> DatasetArrays:
-        from torchvision import datasets
+        from torchvision import datasets  # heavy import (torchvision), only for CIFAR
 
         cls = getattr(datasets, cls_name)
         try:  # torchvision md5-checks every file, so a truncated batch is caught here too
@@ -56,7 +58,7 @@ def load_digits(root: Path, download: bool) -> DatasetArrays:
     architecture runs unchanged. ``root`` and ``download`` are ignored. The 80/20
     class-stratified split uses a fixed seed, so the test set (359 images) never changes.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.datasets import load_digits as sklearn_digits  # heavy import (scikit-learn)
 
     bunch = sklearn_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] * (255.0 / 16.0)
@@ -123,10 +125,6 @@ def _jpegs(folder: Path) -> list[Path]:
 
 
 def _decode(paths: list[Path]) -> np.ndarray:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
     def one(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as img:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .cli import main, summary_table
 from .engine import (FORMAT, Options, decode_mask, encode_mask, evaluate, predict,
-                     resolve_attacks, robustness_curve, run_attack, wilson)
+                     preflight_checks, resolve_attacks, robustness_curve, run_attack, wilson)
 
 __all__ = ["FORMAT", "Options", "decode_mask", "encode_mask", "evaluate", "main", "predict",
-           "resolve_attacks", "robustness_curve", "run_attack", "summary_table", "wilson"]
+           "preflight_checks", "resolve_attacks", "robustness_curve", "run_attack",
+           "summary_table", "wilson"]

@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 
 from ..attacks import list_attacks
+from ..checkpoint import atomic_write_json
+from ..data import load_dataset, to_float_nchw
 from ..errors import ArgumentParser, UserError, cli_main
+from ..models import load_model_file, load_robustbench_teacher, load_teacher
+from ..utils import parse_eps, positive_int, provenance, resolve_device
 from .engine import evaluate, resolve_attacks
 
 
@@ -55,9 +59,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, device) -> tuple:
-    from ..models import load_model_file
-    from ..teachers import load_robustbench_teacher
-
     if args.zoo:
         zoo_data = args.zoo_dataset or args.dataset
         model = load_robustbench_teacher(args.zoo, zoo_data, args.model_dir, device=device)
@@ -75,11 +76,6 @@ def _load(args: argparse.Namespace, device) -> tuple:
 
 
 def _run(argv: list[str] | None) -> int:
-    from ..checkpoint import atomic_write_json
-    from ..data import load_dataset, to_float_nchw
-    from ..teachers import load_teacher
-    from ..utils import parse_eps, positive_int, provenance, resolve_device
-
     args = _parser().parse_args(argv)
     eps, seed = parse_eps(args.eps), int(args.seed)
     batch_size = positive_int(args.batch_size, "--batch-size")

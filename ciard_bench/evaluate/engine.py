@@ -21,11 +21,14 @@ sweep of PGD-20 (eps in {0, 2, 4, eps, 16, 128}/255, step max(2/255, 2.5 eps/20)
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -33,10 +36,10 @@ from tqdm.auto import tqdm
 
 from .. import sanity
 from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, list_attacks
+from ..checkpoint import atomic_write_json
 from ..errors import UserError, choices_error
 from ..faults import kill_point
-from ..methods.pgd import eval_mode
-from ..utils import seed_everything, tensor_sha256
+from ..utils import eval_mode, seed_everything, tensor_sha256
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +189,6 @@ def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Op
 
 def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
     """What a cached attack result depends on: model outputs, points, every setting."""
-    import hashlib
-    import json
-
     with torch.no_grad():
         probe = model(x[:8].to(opt.device)).float().cpu()
         # the transfer attacks' examples depend on the source model: probe it too
@@ -203,9 +203,6 @@ def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
 
 
 def _read_cache(path: Any, key: str) -> dict:
-    import json
-    from pathlib import Path
-
     if path is None or not Path(path).is_file():
         return {}
     try:
@@ -268,13 +265,16 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _preflight(model, x, y, opt: Options) -> list[dict]:
-    head = x[:min(len(x), opt.batch_size, 64)].to(opt.device)
+def preflight_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     batch_size: int, n_classes: int, device: Any) -> list[dict]:
+    """The cheap model checks (eval mode, deterministic, logits, input gradients) on the first
+    ``min(n, batch_size, 64)`` points: what :func:`evaluate` checks before any attack."""
+    head = x[:min(len(x), batch_size, 64)].to(device)
     with torch.no_grad():
         logits = model(head)
     return [sanity.check_eval_mode(model), sanity.check_deterministic(model, head),
-            sanity.check_logits(logits, opt.n_classes),
-            sanity.check_gradients(model, head, y[:len(head)].to(opt.device))]
+            sanity.check_logits(logits, n_classes),
+            sanity.check_gradients(model, head, y[:len(head)].to(device))]
 
 
 def _expensive_checks(model, x, y, clean_ok, correct: dict, opt: Options, k: int):
@@ -319,8 +319,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     (AutoAttack itself resumes mid-cascade from ``aa_state``). ``model`` and ``source`` run
     in eval mode and get their own modes back afterwards, also when an attack raises.
     """
-    from ..checkpoint import atomic_write_json
-
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
     names = resolve_attacks(attacks, with_source=source is not None)
@@ -336,7 +334,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     opt = Options(eps=float(eps), batch_size=batch_size, seed=seed, n_classes=n_classes or width,
                   device=device, skip_misclassified=skip_misclassified, source=source,
                   aa_state=aa_state, overrides=dict(overrides or {}), progress=progress)
-    checks = _preflight(model, x, y, opt)
+    checks = preflight_checks(model, x, y, batch_size=opt.batch_size, n_classes=opt.n_classes,
+                              device=opt.device)
     clean_ok = predict(model, x, batch_size, device) == y
     clean = _entry(clean_ok)
     entries, correct = {}, {}

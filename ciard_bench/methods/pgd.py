@@ -10,25 +10,12 @@ which :func:`eval_mode` arranges and undoes.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
-    """Put ``modules`` in eval mode; restore every submodule's own mode afterwards."""
-    saved = [(m, [(sub, sub.training) for sub in m.modules()]) for m in modules if m is not None]
-    for m, _ in saved:
-        m.eval()
-    try:
-        yield
-    finally:
-        for _, flags in saved:
-            for sub, was_training in flags:
-                sub.training = was_training
+from ..utils import eval_mode  # noqa: F401  (the methods take it from here, beside pgd)
 
 
 def random_start(x: Tensor, start: str, eps: float, gauss_std: float = 1e-3) -> Tensor:

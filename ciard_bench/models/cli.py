@@ -6,6 +6,7 @@ initialised), which makes even the 267 M-parameter WRN-70-16 instant to count.
 """
 from __future__ import annotations
 
+import torch
 
 from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
@@ -15,8 +16,6 @@ from .registry import count_flops, count_parameters, create_model, list_models
 def model_table(pattern: str | None = None, num_classes: int = 10,
                 flops: bool = True) -> list[dict]:
     """Rows ``{"name", "params", "gflops"}`` (``gflops`` None when not counted)."""
-    import torch
-
     names = list_models(pattern)
     if not names:
         raise UserError(f"no model matches {pattern!r}; models: {', '.join(list_models())}")

@@ -15,8 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn as nn
+
 from ..checkpoint import FORMAT, load_checkpoint, save_checkpoint, sha256_file
 from ..errors import UserError, choices_error
+from ..runs import resolve_checkpoint
 from ..utils import resolve_device
 from .registry import create_model, list_models
 
@@ -79,8 +83,6 @@ def _strip_prefixes(state_dict: Mapping, model_keys: set[str]) -> dict:
 
 
 def _classifier_keys(model: Any) -> set[str]:
-    import torch.nn as nn
-
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -98,8 +100,6 @@ def _model_name(model: Any) -> str:
 
 def _check_fit(model: Any, own: Mapping, sd: Mapping, source: str) -> None:
     """Raise the one-line mismatch error unless ``sd`` has ``own``'s keys and shapes."""
-    import torch
-
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     mismatched = [k for k in own if k in sd and (not torch.is_tensor(sd[k])
@@ -137,8 +137,6 @@ def load_state_dict_checked(model: Any, state_dict: Mapping, source: str) -> Non
     the first shape mismatch; a classifier mismatch reads "checkpoint has K classes, model
     expects C". BatchNorm ``num_batches_tracked`` counters absent from old files are zeroed.
     """
-    import torch
-
     if not isinstance(state_dict, Mapping) or not all(isinstance(k, str) for k in state_dict):
         raise UserError(f"{source!r} does not hold a state dict (a dict of named tensors)")
     own = model.state_dict()
@@ -152,8 +150,6 @@ def load_state_dict_checked(model: Any, state_dict: Mapping, source: str) -> Non
 
 def _split_checkpoint(obj: Any, path: str) -> tuple[Mapping, dict | None, dict]:
     """-> (state dict, the file's arch or None, the other top-level entries)."""
-    import torch
-
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         if "state_dict" not in obj or "arch" not in obj:
             raise UserError(f"checkpoint {path!r} says {FORMAT} but lacks 'arch' or "
@@ -198,10 +194,6 @@ def load_model_file(path: str | os.PathLike, arch: Any = None, num_classes: int 
     and ``num_classes``. The metadata holds ``arch``, ``source``, ``sha256`` and the file's
     other top-level scalar entries (epoch, ...).
     """
-    import torch
-
-    from ..runs import resolve_checkpoint
-
     file, sha = resolve_checkpoint(path, which)
     path = str(file)
     obj = load_checkpoint(path, expected_sha256=sha)
@@ -232,8 +224,6 @@ def load_model_file(path: str | os.PathLike, arch: Any = None, num_classes: int 
 
 def _plain(value: Any, where: str) -> Any:
     """Make ``value`` loadable with ``weights_only=True``; numpy scalars become Python ones."""
-    import torch
-
     if isinstance(value, _SCALARS) or torch.is_tensor(value) or isinstance(
             value, (torch.Size, torch.dtype, torch.device, bytes)):
         return value
@@ -271,8 +261,6 @@ def save_model_file(model_or_state_dict: Any, arch: Any, path: str | os.PathLike
     ``extra`` entries (epoch, method, config, ...) must be numbers, strings, tensors or
     lists/dicts of them, so that the file loads with ``weights_only=True``.
     """
-    import torch
-
     if isinstance(model_or_state_dict, torch.nn.Module):
         model = _unwrap(model_or_state_dict)
         recorded, state = getattr(model, "ciard_arch", None), model.state_dict()

@@ -12,6 +12,9 @@ import fnmatch
 import inspect
 from typing import Any, Callable
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from ..errors import UserError, choices_error
 
 _MODELS: dict[str, Callable[..., Any]] = {}
@@ -79,9 +82,6 @@ def count_flops(model: Any, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> int
     ``groups`` (see benchmarks/README.md). Works on ``meta``-device models, which makes
     counting the 267 M-parameter WRN-70-16 instant. The model's train/eval mode is restored.
     """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None else torch.float32

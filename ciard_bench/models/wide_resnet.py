@@ -18,8 +18,12 @@ RobustBench is imported inside the factories (through ``ciard_bench._compat``), 
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import torch.nn as nn
+
+from .._compat import import_robustbench
 from ..errors import UserError, choices_error
 from .registry import register_model
 
@@ -28,11 +32,7 @@ _ACTIVATIONS = ("swish", "relu")
 
 
 def _robustbench_module(name: str) -> Any:
-    import importlib
-
-    from .._compat import import_robustbench
-
-    import_robustbench()
+    import_robustbench()   # heavy (robustbench, seconds): only when a TRADES/DM WRN is built
     return importlib.import_module(f"robustbench.model_zoo.architectures.{name}")
 
 
@@ -52,8 +52,6 @@ def _trades_wrn(num_classes: int, depth: int, widen_factor: int, sub_block1: boo
 
 def _dm_wrn(num_classes: int, depth: int, widen_factor: int, activation: str,
             normalize: str) -> Any:
-    import torch.nn as nn
-
     _check_depth(depth)
     if activation not in _ACTIVATIONS:
         raise choices_error("activation", activation, _ACTIVATIONS)

@@ -14,19 +14,20 @@ Values come from defaults <- the ``--info`` YAML/JSON file <- flags; the measure
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._compat import import_robustbench
+from ..config import read_mapping_file
 from ..errors import UserError
+from ..models import NUM_CLASSES
 
 # <Name><Year><FirstWordOfTheTitle>[_suffix]: matches every cifar10/cifar100 Linf zoo id but
 # the reference model "Standard" (tests check this against robustbench's own model_dicts)
 NAME_PATTERN = re.compile(
     r"^[A-Z][A-Za-z-]*(19|20)\d\d[A-Z][A-Za-z0-9-]*(_[A-Za-z0-9][A-Za-z0-9-]*)*$")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 PROTOCOL_EPS = Fraction(8, 255)
 PROTOCOL_N = 10000
 # settable from --info / flags; "license" and "checkpoint_url" only go into the issue text
@@ -72,20 +73,7 @@ def load_info_file(path: str | None) -> dict:
     """Read and validate the ``--info`` YAML/JSON file (an empty dict without one)."""
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--info file {path!r} does not exist; accepted: a YAML or JSON file")
-    try:
-        if p.suffix == ".json":
-            data = json.loads(p.read_text())
-        else:
-            import yaml
-            data = yaml.safe_load(p.read_text())
-    except Exception as err:  # noqa: BLE001 - any parser error is the user's file
-        raise UserError(f"--info file {path!r} could not be parsed: "
-                        f"{str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise UserError(f"--info file {path!r} must hold a mapping of model-card fields")
+    data = read_mapping_file(path, "--info file", "a YAML or JSON file", "model-card fields")
     return check_info(data, f"--info file {path!r}")
 
 
@@ -176,9 +164,8 @@ def model_info(*, dataset: str, eps: float, clean_acc: float, aa_acc: float, arc
                config: Mapping | None, user: Mapping[str, Any], notes: list[str],
                unreliable: bool) -> dict:
     """The card as RobustBench's files hold it (``ModelInfo`` fields, set ones only)."""
-    from .._compat import import_robustbench
-
     import_robustbench()
+    # heavy import (robustbench, seconds), and only after the _compat shim: kept lazy
     from robustbench.utils import ModelInfo
 
     label = user.get("architecture") or architecture_label(arch)

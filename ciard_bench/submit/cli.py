@@ -15,11 +15,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, load_checkpoint
+from ..data import load_dataset, to_float_nchw
 from ..errors import ArgumentParser, UserError, cli_main
+from ..evaluate import evaluate, preflight_checks, summary_table
+from ..models import NUM_CLASSES, load_model_file
+from ..runs import check_writable, resolve_checkpoint
+from ..utils import parse_eps, positive_int, provenance, resolve_device
 from . import card as cards
 from .issue import issue_text, zoo_entry_text
-from .zoo import (ACCEPT_TOLERANCE_PP, THREAT, check_name_free, register_zoo_entry,
-                  roundtrip_clean_accuracy, zoo_weights_path)
+from .zoo import (ACCEPT_TOLERANCE_PP, THREAT, check_name_free, export_weights,
+                  register_zoo_entry, roundtrip_clean_accuracy, zoo_weights_path)
 
 FORMAT = "ciard-bench/submit/1"
 _FLAG_FIELDS = {"paper_title": "name", "link": "link", "authors": "authors", "venue": "venue",
@@ -69,9 +77,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> dict:
     """Check every input that needs no loading; returns the parsed values."""
-    from ..runs import check_writable
-    from ..utils import parse_eps, positive_int, resolve_device
-
     cards.check_name(args.name)
     cards.check_dataset(args.dataset)
     check_name_free(args.name, args.dataset)
@@ -88,7 +93,7 @@ def _validate(args: argparse.Namespace) -> dict:
             "sanity_examples": positive_int(args.sanity_examples, "--sanity-examples"),
             "device": resolve_device(args.device), "user": user, "aa_budget": budget,
             "out": out, "data": args.data or args.dataset,
-            "n_classes": cards.NUM_CLASSES[args.dataset]}
+            "n_classes": NUM_CLASSES[args.dataset]}
 
 
 def _seed(text: str) -> int:
@@ -99,12 +104,10 @@ def _seed(text: str) -> int:
 
 
 def _load_points(args: argparse.Namespace, v: dict) -> tuple:
-    from ..data import load_dataset, to_float_nchw
-
     data = load_dataset(v["data"], root=args.data_root)
-    if data.num_classes != cards.NUM_CLASSES[args.dataset]:
+    if data.num_classes != NUM_CLASSES[args.dataset]:
         raise UserError(f"--data {v['data']!r} has {data.num_classes} classes but {args.dataset} "
-                        f"has {cards.NUM_CLASSES[args.dataset]}")
+                        f"has {NUM_CLASSES[args.dataset]}")
     if v["n"] > len(data.y_test):
         raise UserError(f"--n-examples {v['n']} is larger than the {len(data.y_test)} test "
                         f"points of {v['data']!r}")
@@ -113,10 +116,6 @@ def _load_points(args: argparse.Namespace, v: dict) -> tuple:
 
 def _load_student(path: str, device: Any) -> tuple:
     """The model, its metadata, and the training config the checkpoint saved (or None)."""
-    from ..checkpoint import load_checkpoint
-    from ..models import load_model_file
-    from ..runs import resolve_checkpoint
-
     model, meta = load_model_file(path, device=device)
     saved = load_checkpoint(*resolve_checkpoint(path))
     config = saved.get("config") if isinstance(saved, Mapping) else None
@@ -135,26 +134,18 @@ def _refuse_on_checks(checks: list[dict], force: bool) -> list[str]:
 
 def _preflight(model, x, y, v: dict, force: bool) -> None:
     """evaluate()'s cheap model checks, before hours of AutoAttack are spent on a refusal."""
-    import torch
-
-    from .. import sanity
-
     model.eval()
-    head = x[:min(len(x), v["batch_size"], 64)].to(v["device"])
-    with torch.no_grad():
-        logits = model(head)
+    with torch.no_grad():   # the width first: labels beyond it would break the gradient check
+        logits = model(x[:1].to(v["device"]))
     if logits.ndim == 2 and logits.shape[1] != v["n_classes"]:
         raise UserError(f"the checkpoint's model has {logits.shape[1]} outputs but the "
                         f"leaderboard dataset has {v['n_classes']} classes")
-    _refuse_on_checks([sanity.check_eval_mode(model), sanity.check_deterministic(model, head),
-                       sanity.check_logits(logits, v["n_classes"]),
-                       sanity.check_gradients(model, head, y[:len(head)].to(v["device"]))], force)
+    _refuse_on_checks(preflight_checks(model, x, y, batch_size=v["batch_size"],
+                                       n_classes=v["n_classes"], device=v["device"]), force)
 
 
 def _roundtrip(args, v: dict, model, meta: dict, x, y, clean_text: str) -> tuple[bytes, dict]:
     """Export to a scratch zoo folder, load it back through robustbench, compare clean accuracy."""
-    from .zoo import export_weights
-
     with tempfile.TemporaryDirectory(prefix="ciard-submit-") as tmp:
         path = zoo_weights_path(tmp, args.name, args.dataset)
         sha = export_weights(model, meta["arch"], path, name=args.name, dataset=args.dataset,
@@ -176,8 +167,6 @@ def _roundtrip(args, v: dict, model, meta: dict, x, y, clean_text: str) -> tuple
 
 
 def _evaluate(args, v: dict, model, x, y) -> dict:
-    from ..evaluate import evaluate
-
     return evaluate(model, x, y, ["aa"], v["eps"], batch_size=v["batch_size"], seed=v["seed"],
                     n_classes=v["n_classes"], device=v["device"],
                     expensive_checks=args.expensive_checks,
@@ -187,8 +176,6 @@ def _evaluate(args, v: dict, model, x, y) -> dict:
 
 
 def _write(args, v: dict, card: dict, blob: bytes, record: dict, result: dict) -> dict:
-    from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
-
     out, name, dataset = v["out"], args.name, args.dataset
     files = {"weights": zoo_weights_path(out / "models", name, dataset),
              "model_info": out / "model_info" / dataset / THREAT / f"{name}.json",
@@ -209,9 +196,6 @@ def _write(args, v: dict, card: dict, blob: bytes, record: dict, result: dict) -
 
 
 def _run(argv: list[str] | None) -> int:
-    from ..evaluate import summary_table
-    from ..utils import provenance
-
     args = _parser().parse_args(argv)
     v = _validate(args)
     x, y = _load_points(args, v)

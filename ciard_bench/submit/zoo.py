@@ -21,8 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..checkpoint import load_checkpoint
 from ..errors import UserError
-from .card import NUM_CLASSES
+from ..models import build_model, save_model_file
+from ..models.zoo import (NUM_CLASSES, load_robustbench_teacher, robustbench_path, timm_name,
+                          zoo_models)
+from .card import check_dataset
 
 THREAT = "Linf"
 ENTRY_KEY = "ciard_bench_arch"  # marks the entries this module registered
@@ -31,17 +37,10 @@ ACCEPT_TOLERANCE_PP = 0.05      # RobustBench's tests/test_clean_acc.py, slow mo
 
 def zoo_weights_path(model_dir: str | os.PathLike, name: str, dataset: str) -> Path:
     """``<model_dir>/<dataset>/Linf/<name>.pt``: where ``load_model`` reads ``name``."""
-    from ..teachers import robustbench_path
-
     return robustbench_path(name, dataset, model_dir, THREAT)
 
 
 def _arch_dict(arch: Any, dataset: str, model_dir: str | os.PathLike | None, name: str) -> dict:
-    import torch
-
-    from ..checkpoint import load_checkpoint
-    from ..models import build_model
-
     if arch is None:
         if model_dir is None:
             raise UserError("register_zoo_entry needs arch= or model_dir= (to read the "
@@ -65,18 +64,14 @@ def _arch_dict(arch: Any, dataset: str, model_dir: str | os.PathLike | None, nam
 
 def check_name_free(name: str, dataset: str) -> None:
     """Refuse a name of robustbench's own zoo, or one timm would serve instead of our file."""
-    from .._compat import import_robustbench
-
-    import_robustbench()
+    zoo = zoo_models(dataset, THREAT)   # imports robustbench through the compat shim first
+    # heavy import (timm, seconds), and only after robustbench's shim: kept lazy
     import timm
-    from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(THREAT)]
     if name in zoo and ENTRY_KEY not in zoo[name]:
         raise UserError(f"{name!r} is already a RobustBench model ({dataset}/{THREAT}); "
                         "choose another --name")
-    if timm.is_model(f"{name.lower().replace('-', '_')}_{dataset}_{THREAT.lower()}"):
+    if timm.is_model(timm_name(name, dataset, THREAT)):
         raise UserError(f"{name!r} is served by timm for {dataset}/{THREAT}; robustbench would "
                         "load that model instead; choose another --name")
 
@@ -90,15 +85,9 @@ def register_zoo_entry(name: str, dataset: str, arch: Any = None,
     or one timm would serve instead, is refused; re-registering one of ours replaces it.
     Returns the entry.
     """
-    from ..models import build_model
-    from .card import check_dataset
-
     check_dataset(dataset)
-    check_name_free(name, dataset)  # imports robustbench through the compat shim first
-    from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-
-    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(THREAT)]
+    check_name_free(name, dataset)
+    zoo = zoo_models(dataset, THREAT)
     arch_d = _arch_dict(arch, dataset, model_dir, name)
     entry = {"model": functools.partial(build_model, arch_d), "gdrive_id": "", ENTRY_KEY: arch_d}
     zoo[name] = entry
@@ -107,8 +96,6 @@ def register_zoo_entry(name: str, dataset: str, arch: Any = None,
 
 def export_weights(model: Any, arch: Mapping, path: str | os.PathLike, **extra: Any) -> str:
     """Write ``model`` where and how ``load_model`` reads it; returns the file's sha256."""
-    from ..models import save_model_file
-
     return save_model_file(model, dict(arch), path, **extra)
 
 
@@ -116,10 +103,9 @@ def roundtrip_clean_accuracy(name: str, dataset: str, model_dir: str | os.PathLi
                              y: Any, batch_size: int, device: Any) -> float:
     """Clean accuracy (percent) of the model ``robustbench.utils.load_model`` builds from the
     exported file, measured with robustbench's own ``clean_accuracy``: its acceptance check."""
-    from ..teachers import load_robustbench_teacher
-
     model = load_robustbench_teacher(name, dataset, model_dir, THREAT, download=False,
                                      device=device)
+    # robustbench is imported by now (load_robustbench_teacher, through the compat shim)
     from robustbench.utils import clean_accuracy
 
     return 100.0 * clean_accuracy(model, x, y, batch_size=batch_size, device=device)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from ..errors import cli_main
 from ..utils import positive_int
 from . import figures, render, runner, store
@@ -120,7 +122,6 @@ def parallelism(device: str, workers: str | None, threads: str | None) -> tuple[
 
 
 def _cuda_available() -> bool:
-    import torch
     return torch.cuda.is_available()
 
 
@@ -171,7 +172,6 @@ def _run(argv: list[str] | None) -> int:
     shard = parse_shard(args.shard)
     results = Path(args.results_dir or Path("results") / preset.name)
     workers, threads = parallelism(args.device, args.workers, args.threads)
-    import torch
     torch.set_num_threads(threads)
     grid = build_grid(preset, results, datasets=args.dataset, students=args.students,
                       methods=args.methods,

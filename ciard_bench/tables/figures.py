@@ -18,13 +18,14 @@ from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes
 from . import store
-from .frames import _datasets, _samples, _students
-from .grid import Grid
+from .frames import datasets_of, seed_samples, students_of
+from .grid import Grid, dataset_slug
 from .presets import METHOD_LABELS, STUDENT_LABELS
 from .render import DATASET_NAMES
 
 
 def _pyplot():  # Agg before pyplot: no display on servers and CI
+    # heavy import (matplotlib), and the backend must be chosen before pyplot: kept lazy
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,9 +47,8 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def training_curves(grid: Grid, out: Path) -> list[Path]:
     """Fig. 3 for each dataset whose CIARD cell logged its teachers."""
-    from matplotlib.ticker import MaxNLocator
-
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator  # matplotlib: lazy, see _pyplot
     written = []
     for cell in grid.cells:
         if not (cell.config and cell.config.eval_teachers and cell.kind == "student"
@@ -75,7 +75,7 @@ def training_curves(grid: Grid, out: Path) -> list[Path]:
         fig.suptitle(f"CIARD training, {DATASET_NAMES.get(cell.dataset, cell.dataset)} "
                      f"({grid.preset.name} preset)", fontsize=10)
         fig.tight_layout()
-        written += _save(fig, out / f"fig3_training_{_slug(cell.dataset)}")
+        written += _save(fig, out / f"fig3_training_{dataset_slug(cell.dataset)}")
         plt.close(fig)
     return written
 
@@ -84,8 +84,8 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
     """Accuracy against eps, one line per method, for each student and dataset."""
     plt = _pyplot()
     written = []
-    for student in _students(grid):
-        for dataset in _datasets(grid):
+    for student in students_of(grid):
+        for dataset in datasets_of(grid):
             cells = [c for c in grid.cells if c.kind == "student" and c.student == student
                      and c.dataset == dataset and c.seed == grid.seeds[0]]   # the first seed's
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -112,7 +112,7 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
             fig.tight_layout()
-            written += _save(fig, out / f"fig_robustness_{student}_{_slug(dataset)}{suffix}")
+            written += _save(fig, out / f"fig_robustness_{student}_{dataset_slug(dataset)}{suffix}")
             plt.close(fig)
     return written
 
@@ -122,8 +122,8 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
     dataset); drawn once some method has every seed finished."""
     plt = _pyplot()
     written = []
-    students = _students(grid)
-    for dataset in _datasets(grid):
+    students = students_of(grid)
+    for dataset in datasets_of(grid):
         fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 3.6),
                                  squeeze=False)
         drawn = 0
@@ -135,7 +135,7 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
                          and c.method == method and c.dataset == dataset]
                 for what, colour, dx in (("Clean", "tab:blue", -0.15),
                                          ("Robust", "tab:red", 0.15)):
-                    values = [s.value for s in _samples(grid, cells, which, "pgd_trades", what)]
+                    values = [s.value for s in seed_samples(grid, cells, which, "pgd_trades", what)]
                     if not values:
                         continue
                     drawn += 1
@@ -157,11 +157,6 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
         fig.suptitle(f"Spread over seeds, {DATASET_NAMES.get(dataset, dataset)} "
                      f"({grid.preset.name} preset)", fontsize=10)
         fig.tight_layout()
-        written += _save(fig, out / f"fig_seeds_{_slug(dataset)}{suffix}")
+        written += _save(fig, out / f"fig_seeds_{dataset_slug(dataset)}{suffix}")
         plt.close(fig)
     return written
-
-
-def _slug(dataset: str) -> str:
-    from .grid import dataset_slug
-    return dataset_slug(dataset)

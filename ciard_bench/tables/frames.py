@@ -5,7 +5,8 @@ happens when a table is written). With several seeds a value is the mean over se
 ``Table.samples`` keeps every seed's value with its Wilson interval over the test points; a
 value is NaN until every seed of its cell has finished. Column labels use the names of
 ``paper_results.csv`` (``Clean``, ``FGSM``, ``PGD_SAT``, ``PGD_TRADES``, ``CW_inf``,
-``Transfer_PGD_TRADES``, ``Transfer_CW_inf``, ``SA``, ``AA``).
+``Transfer_PGD_TRADES``, ``Transfer_CW_inf``, ``SA``, ``AA``): each attack's ``label`` in
+:mod:`ciard_bench.attacks`.
 """
 from __future__ import annotations
 
@@ -15,13 +16,11 @@ from typing import Any
 
 import pandas as pd
 
+from ..attacks import get_attack
 from . import store
 from .grid import Cell, Grid
 from .presets import ABLATIONS, METHOD_LABELS, STUDENT_LABELS
 
-ATTACK_NAMES = {"fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES",
-                "cw_inf": "CW_inf", "square": "SA", "transfer_pgd_trades": "Transfer_PGD_TRADES",
-                "transfer_cw_inf": "Transfer_CW_inf", "aa": "AA"}
 METRICS = ("Clean", "Robust", "W-R")
 WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")
 BLACK_BOX = ("transfer_pgd_trades", "transfer_cw_inf", "square")
@@ -81,7 +80,7 @@ def sample(ev: dict | None, attack: str, what: str, seed: int) -> Sample:
     return Sample(seed, float(entry["accuracy"]), entry["n"], *map(float, entry["ci95"]))
 
 
-def _samples(grid: Grid, cells: list[Cell], which: str, attack: str, what: str) -> list[Sample]:
+def seed_samples(grid: Grid, cells: list[Cell], which: str, attack: str, what: str) -> list[Sample]:
     """One sample per seed of a table entry; empty unless every seed has finished."""
     out = [sample(_eval(grid, c, which), attack, what, c.seed) for c in cells]
     return out if out and not any(math.isnan(s.value) for s in out) else []
@@ -91,11 +90,13 @@ def _mean(samples: list[Sample]) -> float:
     return sum(s.value for s in samples) / len(samples) if samples else math.nan
 
 
-def _students(grid: Grid) -> list[str]:
+def students_of(grid: Grid) -> list[str]:
+    """The grid's student architectures, in grid order."""
     return list(dict.fromkeys(c.student for c in grid.cells if c.kind == "student"))
 
 
-def _datasets(grid: Grid) -> list[str]:
+def datasets_of(grid: Grid) -> list[str]:
+    """The grid's datasets, in grid order."""
     return list(dict.fromkeys(c.dataset for c in grid.cells))
 
 
@@ -107,31 +108,31 @@ def _cells(grid: Grid, kind: str, dataset: str, student: str | None, row: str) -
 
 def teacher_table(grid: Grid, which: str) -> Table:
     """Table 2: every teacher under Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf (robust acc.)."""
-    columns = ["Clean", *(ATTACK_NAMES[a] for a in TEACHER_COLUMNS[1:])]
+    columns = ["Clean", *(get_attack(a).label for a in TEACHER_COLUMNS[1:])]
     rows, index, samples = [], [], {}
     cells = [c for c in grid.cells if c.kind == "teacher"]
     for key in dict.fromkeys((c.dataset, c.row) for c in cells):
         seeds = [c for c in cells if (c.dataset, c.row) == key]
         row = []
         for attack, column in zip(TEACHER_COLUMNS, columns):
-            samples[(key, column)] = _samples(grid, seeds, which, attack, "Robust")
+            samples[(key, column)] = seed_samples(grid, seeds, which, attack, "Robust")
             row.append(_mean(samples[(key, column)]))
         rows.append(row)
         index.append(key)
     frame = pd.DataFrame(rows, columns=columns,
                          index=pd.MultiIndex.from_tuples(index, names=["dataset", "teacher"]))
-    return Table("table2", "Teachers", frame, TEACHER_COLUMNS[1:], tuple(_datasets(grid)),
+    return Table("table2", "Teachers", frame, TEACHER_COLUMNS[1:], tuple(datasets_of(grid)),
                  highlight=False, cells=cells, samples=samples)
 
 
 def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                  attacks: tuple[str, ...]) -> Table:
     """Tables 3-6 and the AutoAttack table: rows = methods, columns (attack, dataset, metric)."""
-    datasets = _datasets(grid)
+    datasets = datasets_of(grid)
     methods = [m for m in METHOD_LABELS if any(c.method == m and c.kind == "student"
                                                  for c in grid.cells)]
     columns = pd.MultiIndex.from_tuples(
-        [(ATTACK_NAMES[a], d, m) for a in attacks for d in datasets for m in METRICS],
+        [(get_attack(a).label, d, m) for a in attacks for d in datasets for m in METRICS],
         names=["attack", "dataset", "metric"])
     rows, cells, samples = [], [], {}
     for method in methods:
@@ -141,8 +142,8 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                 seeds = _cells(grid, "student", dataset, student, label)
                 cells += [c for c in seeds if c not in cells]
                 for m in METRICS:
-                    entry = samples[(label, (ATTACK_NAMES[attack], dataset, m))] = \
-                        _samples(grid, seeds, which, attack, m)
+                    entry = samples[(label, (get_attack(attack).label, dataset, m))] = \
+                        seed_samples(grid, seeds, which, attack, m)
                     row.append(_mean(entry))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=columns,
@@ -164,7 +165,7 @@ def ablation_table(grid: Grid, which: str) -> Table | None:
         cells += seeds
         row = []
         for column, what in (("PGD_TRADES", "Robust"), ("Clean", "Clean"), ("W-acc", "W-R")):
-            samples[(label, column)] = _samples(grid, seeds, which, "pgd_trades", what)
+            samples[(label, column)] = seed_samples(grid, seeds, which, "pgd_trades", what)
             row.append(_mean(samples[(label, column)]))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["PGD_TRADES", "Clean", "W-acc"],
@@ -177,7 +178,7 @@ def all_tables(grid: Grid, which: str) -> list[Table]:
     """Tables 2-7 and the AutoAttack table for whatever students the grid has."""
     tables = [teacher_table(grid, which)]
     numbers = {"resnet18": ("table3", "table5"), "mobilenet_v2": ("table4", "table6")}
-    students = _students(grid)
+    students = students_of(grid)
     for student in students:
         white, black = numbers[student]
         label = STUDENT_LABELS[student]

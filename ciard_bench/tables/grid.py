@@ -23,12 +23,13 @@ from typing import Sequence
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..methods import get_method, list_methods
+from ..models import TEACHER_METHODS
 from ..utils import positive_int
 from .presets import (ABLATION_ATTACKS, ABLATIONS, METHOD_LABELS, STUDENT_ATTACKS,
                       TEACHER_ATTACKS, Preset)
 
 KINDS = ("teacher", "student", "ablation")
-TEACHER_METHODS = {"clean": "standard", "robust": "trades"}
 
 
 @dataclass
@@ -107,8 +108,6 @@ def _teacher_spec(grid: Grid, cell: Cell) -> str:
 def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, method: str,
                   options: dict, row: str, attacks: Sequence[str], teachers: dict[str, Cell],
                   common: dict, eval_teachers: bool) -> Cell:
-    from ..methods import get_method
-
     arch, kwargs = grid.preset.students[student]
     roles = [r.removesuffix("_teacher") for r in get_method(method).teachers]
     specs = {f"{r}_teacher": _teacher_spec(grid, teachers[r]) for r in roles}
@@ -133,8 +132,6 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
     ``settings`` (``device``, ``data_root``, ``download``, ``model_dir``) reach every cell.
     A method that is not registered or not in the tables is a one-line error.
     """
-    from ..methods import list_methods
-
     settings = {"device": "auto", "data_root": "data", "download": False, "model_dir": "models",
                 **(settings or {})}
     grid = Grid(preset, Path(results), settings=settings)

@@ -9,15 +9,15 @@ number, the difference).
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from ..attacks import attack_settings
+from ..attacks import describe_attack, get_attack, list_attacks
 from ..checkpoint import atomic_write_text
-from .frames import ATTACK_NAMES, Table
+from ..utils import fraction_text
+from .frames import Table
 from .grid import Grid
 from .presets import ABLATIONS, STUDENT_LABELS
 from .stats import MARK_RULE, Entry, entry, marks
@@ -27,8 +27,8 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digi
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$"}
-_TEX_LABELS = {"CW_inf": r"CW$_\infty$", "Transfer_CW_inf": r"Transfer CW$_\infty$",
-               "Transfer_PGD_TRADES": r"Transfer PGD\_TRADES"}
+_TEX_LABELS = {get_attack(a).label: get_attack(a).tex_label for a in list_attacks()
+               if get_attack(a).tex_label}
 _PAPER_STUDENT = {"resnet18": "resnet18", "mobilenet_v2": "mobilenetv2"}
 _PAPER_ABLATION = dict(zip(ABLATIONS, ("CIARD w/o ITT w/o push", "CIARD w/o push", "CIARD")))
 
@@ -42,36 +42,6 @@ def _tex_label(text: object) -> str:
     return _TEX_LABELS.get(text, tex_escape(text))
 
 
-def _step(value: float) -> str:
-    frac = Fraction(value).limit_denominator(255)
-    if abs(float(frac) - value) < 1e-12:
-        return f"{frac.numerator}/{frac.denominator}"
-    return f"{value:g}"
-
-
-def describe_attack(name: str, eps: float, overrides: dict) -> str:
-    """One phrase per attack, from the settings the evaluation used."""
-    s = attack_settings(name, eps, **overrides.get(name, {}))
-    if s["kind"] == "transfer":
-        how = describe_attack(s["base"], eps, overrides)
-        return f"Transfer {ATTACK_NAMES[s['base']]} ({how}, crafted on the robust teacher)"
-    if name == "fgsm":
-        return "FGSM: 1 step of eps"
-    if name in ("pgd_sat", "pgd_trades"):
-        return f"{ATTACK_NAMES[name]}: CE, {s['steps']} steps of {_step(s['alpha'])}, random start"
-    if name == "cw_inf":
-        return (f"CW_inf: CW margin (kappa {s['kappa']:g}), {s['steps']} steps of "
-                f"{_step(s['alpha'])}, zero start, clamped every step (torchattacks convention)")
-    if name == "square":
-        return f"SA: Square (Linf), {s['n_queries']} queries"
-    if name == "aa":
-        if s["version"] == "standard":
-            return "AA: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
-        return (f"AA: AutoAttack custom ({', '.join(s['attacks']).upper()}, {s['n_iter']} "
-                "iterations): cheaper than standard, an upper bound on its robust accuracy")
-    return name
-
-
 def caption(grid: Grid, table: Table, which: str) -> str:
     """What the numbers are: the table, the data, the models, the attacks, the protocol."""
     p = grid.preset
@@ -83,7 +53,7 @@ def caption(grid: Grid, table: Table, which: str) -> str:
         args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         parts.append(f"Student {STUDENT_LABELS[table.student]} (here {arch}"
                      f"{f'({args})' if args else ''}).")
-    parts.append(f"eps = {_step(eps)} (Linf); "
+    parts.append(f"eps = {fraction_text(eps)} (Linf); "
                  + "; ".join(describe_attack(a, eps, p.attack_overrides) for a in table.attacks)
                  + ".")
     points = f"the first {p.n_examples} test points" if p.n_examples else "the whole test set"

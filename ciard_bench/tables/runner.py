@@ -6,10 +6,12 @@ oneDNN's warm-up once.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import time
@@ -18,8 +20,13 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
+import torch
+from tqdm import tqdm
+
 from ..checkpoint import atomic_write_text
+from ..config import resolve
 from ..errors import UserError, quiet_third_party_warnings
+from ..runs import RunDir
 from . import store
 from .grid import Cell, Grid
 
@@ -208,17 +215,12 @@ def _init_worker(threads: int, levels: dict[str, int]) -> None:
     """Worker start: one torch thread count, quiet third-party warnings, the main process's
     log levels; and on Linux the worker dies with the main process (a killed grid leaves no
     orphan writing into the results)."""
-    import torch
-
     quiet_third_party_warnings()
     logging.basicConfig(level=levels.pop(""), format="%(message)s", stream=sys.stderr)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     torch.set_num_threads(threads)
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
@@ -243,8 +245,6 @@ class Progress:
     MobileNet cell more than an ablation), and a line per finished cell above it."""
 
     def __init__(self, cells: Sequence[Cell], cost: dict[str, float], skipped: int):
-        from tqdm import tqdm
-
         self.cost, self.n, self.k, self.done = cost, len(cells), 0, {}
         total = max(sum(cost.values()), 1e-9)
         self.bar = tqdm(total=total, desc=f"grid: {self.n} cells to run", unit="s",
@@ -290,8 +290,6 @@ def _by_kind(grid: Grid, cells: Sequence[Cell], ran: dict) -> dict[str, dict[str
 
 
 def _steps_done(grid: Grid, cell: Cell) -> int:
-    from ..runs import RunDir
-
     last = RunDir(grid.run_dir(cell)).read_state().get("last") or {}
     epoch, step = last.get("epoch", 0), last.get("step", 0)
     per_epoch = _steps_per_epoch(cell)
@@ -299,14 +297,11 @@ def _steps_done(grid: Grid, cell: Cell) -> int:
 
 
 def _steps_per_epoch(cell: Cell) -> int | None:
-    from ..config import resolve
-    from ..errors import UserError
-
     cfg = resolve(cell.config)
     n = cfg.n_train or TRAIN_SIZES.get(cfg.dataset)
     if n is None:  # npz:PATH and the like: read the file (cached for the whole grid)
         try:
-            n = len(store._dataset(cfg.dataset, cfg.data_root, False).y_train)
+            n = len(store.cached_dataset(cfg.dataset, cfg.data_root, False).y_train)
         except UserError:
             return None
     return math.ceil(n / cfg.batch_size)
@@ -338,7 +333,6 @@ def estimate(grid: Grid, cells: Sequence[Cell], which: str) -> dict[str, Any]:
         kind = "teacher" if cell.kind == "teacher" else "student"
         if state in (store.MISSING, store.PARTIAL) and cell.trained:
             per_epoch = _steps_per_epoch(cell)
-            from ..config import resolve
             steps = (per_epoch or 0) * resolve(cell.config).epochs - _steps_done(grid, cell)
             step_s = _measured(grid, kind, "train")
             sources.add("measured" if step_s else "assumed")

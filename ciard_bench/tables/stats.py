@@ -50,7 +50,7 @@ MISSING = Entry(math.nan, math.nan, 0, math.nan, math.nan)
 
 def t_quantile(df: int) -> float:
     """Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
-    from scipy.stats import t
+    from scipy.stats import t  # heavy import (scipy.stats), needed only with several seeds
 
     return float(t.ppf(0.975, df))
 

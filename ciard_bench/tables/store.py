@@ -26,10 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..checkpoint import atomic_write_json
 from ..config import RESUME_FREE_KEYS, resolve
+from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
+from ..evaluate import evaluate, predict, wilson
+from ..models import load_model_file, load_teacher
 from ..runs import RunDir
+from ..train import train
+from ..utils import provenance, resolve_device
 from .grid import Cell, Grid
 
 log = logging.getLogger("ciard_bench.tables")
@@ -122,15 +129,12 @@ def _record_timing(grid: Grid, cell: Cell, **values: float) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, root: str, download: bool) -> Any:
-    from ..data import load_dataset
+def cached_dataset(name: str, root: str, download: bool) -> Any:
+    """``load_dataset`` once per process for the whole grid (the last four datasets)."""
     return load_dataset(name, root=root, download=download)
 
 
 def _model(grid: Grid, cell: Cell, which: str, num_classes: int, device: Any) -> Any:
-    from ..models import load_model_file
-    from ..teachers import load_teacher
-
     if not cell.trained:
         return load_teacher(cell.spec, cell.dataset, num_classes, grid.settings["model_dir"],
                             device=device)
@@ -141,8 +145,6 @@ def _model(grid: Grid, cell: Cell, which: str, num_classes: int, device: Any) ->
 
 def train_cell(grid: Grid, cell: Cell) -> float:
     """Train a cell (resuming an interrupted run); returns the seconds it took here."""
-    from ..train import train
-
     resume = train_state(grid, cell) == PARTIAL
     before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
     start = time.perf_counter()
@@ -161,13 +163,9 @@ def _log(grid: Grid, cell: Cell) -> list[dict]:
 
 def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     """Run the cell's attacks with the evaluation suite; writes ``eval-<which>.json``."""
-    from ..data import to_float_nchw
-    from ..evaluate import evaluate
-    from ..utils import provenance, resolve_device
-
     s, p = grid.settings, grid.preset
     device = resolve_device(s["device"])
-    data = _dataset(cell.dataset, s["data_root"], s["download"])
+    data = cached_dataset(cell.dataset, s["data_root"], s["download"])
     n = min(p.n_examples or len(data.y_test), len(data.y_test))
     # contiguous: a permuted batch makes some small convolutions' backward unsafe (torch 2.14)
     x, y = to_float_nchw(data.x_test[:n]).contiguous(), data.y_test[:n]
@@ -200,12 +198,6 @@ def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
 
 
 def _clean_accuracy(model: Any, data: Any, batch_size: int, device: Any) -> dict[str, Any]:
-    import torch
-
-    from ..data import to_float_nchw
-    from ..evaluate import predict
-    from ..evaluate.engine import wilson
-
     model.eval()
     with torch.no_grad():
         pred = predict(model, to_float_nchw(data.x_test).contiguous(), batch_size, device)

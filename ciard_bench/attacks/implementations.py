@@ -1,119 +1,27 @@
-"""The evaluation attacks of CIARD's protocol, built on torchattacks and pyautoattack.
+"""The attacks torchattacks and pyautoattack do not provide as such: CW-Linf, uniform noise,
+transfer, and AutoAttack run one sub-attack at a time with a resume file.
 
-One table (:data:`PROTOCOL`) holds every hyperparameter of every attack; ``create_attack``
-builds an attack from it and ``attack_settings`` returns the resolved values for the result
-JSON and the table captions, so the two cannot disagree. Every attack is a
-``Attack`` (``attack(x, y) -> x_adv``, inputs in [0, 1]), whose base class puts
-the model in eval mode for the attack and restores its mode afterwards.
-
-* ``cw_inf`` -- :class:`CWLinf`: PGD on the CW margin loss (Carlini & Wagner 2017, the
-  loss of ``attack_eval.py`` in eminentgu/CIARD). torchattacks clamps to [0, 1] after every
-  step and so does ``CWLinf`` by default; the released code clamps only after the last step
-  (``clamp_every_step=False`` reproduces it).
-* ``square`` is torchattacks' Square with 100 queries, as the released ``attack_eval.py``;
-  ``square_aa`` is AutoAttack's own Square (5000 queries, ``p_init`` 0.8, no schedule rescale).
-* ``aa`` runs pyautoattack (Croce & Hein 2020) one sub-attack at a time on the points still
-  robust -- the same cascade, batches and seeds as ``run_standard_evaluation`` -- so it can
-  keep its own resume file: pyautoattack 0.2.0's ``state_path`` cannot be restored (it
-  writes the attack set as a string and reads back an unbound ``y_adv``).
-* ``transfer_*`` craft the examples on a ``source`` model (the robust teacher) and are scored
-  on the model under evaluation. ``noise`` (uniform noise in the eps ball) is a sanity check.
+Each is a torchattacks ``Attack`` (``attack(x, y) -> x_adv``, inputs in [0, 1]), whose base
+class puts the model in eval mode for the attack and restores its mode afterwards. Their
+protocol settings are in :mod:`ciard_bench.attacks.protocol`.
 """
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torchattacks.attack import Attack
 
-from ._compat import import_autoattack
-from .checkpoint import atomic_write_json
-from .errors import UserError, choices_error
-from .utils import tensor_sha256
+from .._compat import import_autoattack
+from ..checkpoint import atomic_write_json
+from ..errors import UserError
+from ..utils import tensor_sha256
 
 log = logging.getLogger(__name__)
-
-# kind: white-box | black-box | transfer | sanity.  Numbers are the paper's / released code's.
-PROTOCOL: dict[str, dict[str, Any]] = {
-    "fgsm": {"kind": "white-box", "impl": "torchattacks.FGSM", "loss": "ce", "steps": 1,
-             "step_size": "eps", "random_start": False},
-    "pgd_sat": {"kind": "white-box", "impl": "torchattacks.PGD", "loss": "ce", "steps": 20,
-                "alpha": 2 / 255, "random_start": True},
-    "pgd_trades": {"kind": "white-box", "impl": "torchattacks.PGD", "loss": "ce", "steps": 20,
-                   "alpha": 0.003, "random_start": True},
-    "cw_inf": {"kind": "white-box", "impl": "ciard_bench.attacks.CWLinf", "loss": "cw_margin",
-               "kappa": 50.0, "steps": 30, "alpha": 2 / 255, "random_start": False,
-               "clamp_every_step": True},
-    "square": {"kind": "black-box", "impl": "torchattacks.Square", "norm": "Linf",
-               "n_queries": 100, "n_restarts": 1, "p_init": 0.8, "loss": "margin",
-               "resc_schedule": True, "seed": 0},
-    # AutoAttack's Square: 5000 queries, p_init 0.8, resc_schedule False (pyautoattack defaults)
-    "square_aa": {"kind": "black-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
-                  "version": "custom", "attacks": ["square"], "seed": 0, "n_classes": 10,
-                  "batch_size": 250, "n_iter": 100, "square_n_queries": 5000},
-    # n_iter: APGD / FAB iterations; 9 target classes (fewer when n_classes < 10)
-    # apgd_n_restarts None: pyautoattack's own (1 in standard, 5 in custom)
-    "aa": {"kind": "white-box", "impl": "pyautoattack.AutoAttack", "norm": "Linf",
-           "version": "standard", "attacks": None, "seed": 0, "n_classes": 10,
-           "batch_size": 250, "n_iter": 100, "square_n_queries": 5000, "apgd_n_restarts": None},
-    "transfer_pgd_trades": {"kind": "transfer", "base": "pgd_trades", "crafted_on": "source"},
-    "transfer_cw_inf": {"kind": "transfer", "base": "cw_inf", "crafted_on": "source"},
-    "noise": {"kind": "sanity", "impl": "ciard_bench.attacks.UniformNoise",
-              "distribution": "uniform", "draws": 20},
-}
-_AA_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
-
-
-def list_attacks(kind: str | None = None) -> list[str]:
-    """Registered attack names (in protocol order), optionally only one ``kind``."""
-    return [n for n, s in PROTOCOL.items() if kind is None or s["kind"] == kind]
-
-
-def attack_settings(name: str, eps: float = 8 / 255, **overrides: Any) -> dict:
-    """Every hyperparameter of attack ``name`` after ``overrides``: for JSON and captions."""
-    if name not in PROTOCOL:
-        raise choices_error("attack", name, list(PROTOCOL))
-    table = dict(PROTOCOL[name])
-    if table["kind"] == "transfer":
-        base = attack_settings(table["base"], eps, **overrides)
-        return {**base, "name": name, "kind": "transfer", "base": table["base"],
-                "crafted_on": "source"}
-    unknown = sorted(set(overrides) - set(table) - {"eps"})
-    if unknown:
-        raise UserError(f"attack {name!r} has no setting {unknown[0]!r}; accepted: "
-                        f"{', '.join(sorted(k for k in table if k not in ('kind', 'impl')))}")
-    settings = {"name": name, **table, **overrides, "eps": float(eps)}
-    if name == "fgsm":
-        settings["step_size"] = float(eps)
-    if settings["impl"] == "pyautoattack.AutoAttack":
-        settings.update(_aa_derived(settings))
-    return settings
-
-
-def _aa_derived(s: dict) -> dict:
-    # pyautoattack uses 9 target classes (right for CIFAR-100 too); fewer classes need fewer.
-    n_target = max(1, min(9, int(s["n_classes"]) - 1))
-    if s["version"] == "standard":
-        if s.get("attacks"):
-            raise UserError("AutoAttack version 'standard' runs a fixed attack list; "
-                            "use version='custom' with attacks=[...]")
-        return {"attacks": list(_AA_STANDARD), "apgd_n_restarts": 1, "fab_n_restarts": 1,
-                "apgd_t_n_target_classes": n_target, "fab_t_n_target_classes": n_target,
-                "square_p_init": 0.8}
-    if s["version"] != "custom" or not s.get("attacks"):
-        raise UserError(f"AutoAttack version {s['version']!r} needs attacks=[...]; accepted: "
-                        "standard, or custom with attacks from apgd-ce, apgd-dlr, apgd-t, "
-                        "fab, fab-t, square")
-    return {"attacks": list(s["attacks"]), "apgd_t_n_target_classes": n_target,
-            "fab_t_n_target_classes": n_target,
-            "apgd_n_restarts": 5 if s.get("apgd_n_restarts") is None else int(s["apgd_n_restarts"])}
 
 
 def cw_margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -296,54 +204,3 @@ class AutoAttackAdapter(Attack):
             "format": "ciard-bench/aa-state/2", "fingerprint": self._fingerprint(images, labels),
             "done": done, "sub_robust": self.sub_robust,
             "robust_flags": "".join("1" if f else "0" for f in flags.tolist())})
-
-
-def _build_torchattacks(model, s, **_):
-    if s["name"] == "fgsm":
-        return torchattacks.FGSM(model, eps=s["eps"])
-    if s["name"] in ("pgd_sat", "pgd_trades"):
-        return torchattacks.PGD(model, eps=s["eps"], alpha=s["alpha"], steps=s["steps"],
-                                random_start=s["random_start"])
-    return torchattacks.Square(model, norm=s["norm"], eps=s["eps"], n_queries=s["n_queries"],
-                               n_restarts=s["n_restarts"], p_init=s["p_init"], loss=s["loss"],
-                               resc_schedule=s["resc_schedule"], seed=s["seed"])
-
-
-_BUILDERS: dict[str, Callable[..., Attack]] = {
-    "fgsm": _build_torchattacks, "pgd_sat": _build_torchattacks,
-    "pgd_trades": _build_torchattacks, "square": _build_torchattacks,
-    "cw_inf": lambda model, s, **_: CWLinf(model, eps=s["eps"], alpha=s["alpha"],
-                                           steps=s["steps"], kappa=s["kappa"],
-                                           random_start=s["random_start"],
-                                           clamp_every_step=s["clamp_every_step"]),
-    "square_aa": lambda model, s, state_path=None: AutoAttackAdapter(model, s, state_path),
-    "aa": lambda model, s, state_path=None: AutoAttackAdapter(model, s, state_path),
-    "noise": lambda model, s, **_: UniformNoise(model, eps=s["eps"], draws=s["draws"]),
-}
-
-
-def create_attack(name: str, model: torch.nn.Module, eps: float = 8 / 255, n_classes: int = 10,
-                  seed: int = 0, source: torch.nn.Module | None = None,
-                  state_path: str | Path | None = None, **overrides: Any) -> Attack:
-    """Build attack ``name`` against ``model`` with the protocol settings (see ``PROTOCOL``).
-
-    ``n_classes`` and ``seed`` reach the attacks that use them (AutoAttack, Square);
-    ``source`` is the model transfer attacks craft on; ``state_path`` is AutoAttack's resume
-    file; ``overrides`` replace table entries (``steps=100``, ``n_queries=5000`` ...).
-    """
-    if name not in PROTOCOL:
-        raise choices_error("attack", name, list(PROTOCOL))
-    table = PROTOCOL[name]
-    base = PROTOCOL[table.get("base", name)]
-    extra = {k: v for k, v in (("n_classes", n_classes), ("seed", seed)) if k in base}
-    settings = attack_settings(name, eps, **{**extra, **overrides})
-    if table["kind"] == "transfer":
-        if source is None:
-            raise UserError(f"attack {name!r} needs a source model to craft examples on "
-                            "(--source PATH or rb:NAME)")
-        attack = Transfer(model, create_attack(table["base"], source, eps, n_classes, seed,
-                                               **overrides))
-    else:
-        attack = _BUILDERS[name](model, settings, state_path=state_path)
-    attack.settings = settings  # what the result JSON records
-    return attack
