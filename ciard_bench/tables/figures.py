@@ -35,6 +35,8 @@ def _pyplot():  # Agg before pyplot: no display on servers and CI
 
 
 def _save(fig, stem: Path) -> list[Path]:
+    """Lay out, write ``stem``.png and .pdf, close the figure."""
+    fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path, kwargs in zip(paths, ({"dpi": 120, "metadata": {"Software": None}},
                                     {"metadata": {"CreationDate": None, "Creator": None,
@@ -42,6 +44,7 @@ def _save(fig, stem: Path) -> list[Path]:
         buf = io.BytesIO()  # rendered in memory, then written atomically like every other file
         fig.savefig(buf, format=path.suffix[1:], **kwargs)
         atomic_write_bytes(path, buf.getvalue())
+    _pyplot().close(fig)
     return paths
 
 
@@ -74,9 +77,7 @@ def training_curves(grid: Grid, out: Path) -> list[Path]:
         axes[0].legend(fontsize=8)
         fig.suptitle(f"CIARD training, {DATASET_NAMES.get(cell.dataset, cell.dataset)} "
                      f"({grid.preset.name} preset)", fontsize=10)
-        fig.tight_layout()
         written += _save(fig, out / f"fig3_training_{dataset_slug(cell.dataset)}")
-        plt.close(fig)
     return written
 
 
@@ -111,9 +112,7 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
-            fig.tight_layout()
             written += _save(fig, out / f"fig_robustness_{student}_{dataset_slug(dataset)}{suffix}")
-            plt.close(fig)
     return written
 
 
@@ -156,7 +155,5 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"Spread over seeds, {DATASET_NAMES.get(dataset, dataset)} "
                      f"({grid.preset.name} preset)", fontsize=10)
-        fig.tight_layout()
         written += _save(fig, out / f"fig_seeds_{dataset_slug(dataset)}{suffix}")
-        plt.close(fig)
     return written
