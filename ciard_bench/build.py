@@ -13,6 +13,7 @@ import torch
 from .attacks import accuracy
 from .config import TrainConfig
 from .data import load_dataset, to_float_nchw
+from .distributed import Dist
 from .errors import UserError
 from .faults import kill_point
 from .methods import Context, create_method, get_method
@@ -40,8 +41,9 @@ class Run:
     y_test: Any
 
 
-def build(cfg: TrainConfig, device) -> Run:
-    """Data, student, teachers, method and optimisers for a resolved config."""
+def build(cfg: TrainConfig, device, d: Dist = Dist()) -> Run:
+    """Data, student, teachers, method and optimisers for a resolved config; ``d``: the
+    processes of a torchrun run, over which the method reduces its statistics."""
     data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
                         n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
@@ -54,7 +56,7 @@ def build(cfg: TrainConfig, device) -> Run:
         teachers[role] = load_teacher(spec, dataset=cfg.dataset, num_classes=data.num_classes,
                                       model_dir=cfg.teacher_model_dir, device="cpu")
     ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
-                  steps=cfg.attack_steps)
+                  steps=cfg.attack_steps, dist=d)
     method = create_method(cfg.method, student, teachers, ctx, cfg.method_options).to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)

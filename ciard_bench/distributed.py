@@ -12,9 +12,19 @@ only, then train-mode forwards on x and x' that share one backward). DDP's reduc
 one forward per backward and fails ("Expected to have finished reduction in the prior
 iteration"). Averaging flattened gradients with ``all_reduce`` after the backward is the
 arithmetic DDP performs, without that constraint. Only rank 0 evaluates and writes files.
+
+The methods' adaptive state (CIARD's and B-MTARD's temperatures, MTARD's weights, ABSLD's
+per-class loss sums, Fair-ARD's kappa counts) is computed from the GLOBAL batch: each update
+sums its per-rank statistics over the processes first (:func:`all_reduce_sum_`, one packed
+buffer per update, called by ``Method.global_means`` / ``Method.global_sums``), so every rank
+holds the same method buffers after every step, rank 0's checkpoint is the whole state, and
+a resumed run continues the run it was. The engine records the largest difference of the
+method buffers between ranks in each epoch's log (0 when all is well). In one process nothing
+is reduced and no operation changes.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -90,6 +100,13 @@ def broadcast_state(module: Any, d: Dist, params: bool = True) -> None:
         dist.broadcast(t.data, src=0)
 
 
+def all_reduce_sum_(flat: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum ``flat`` over the processes, in place (one collective, no host sync); returns it."""
+    if d.enabled:
+        dist.all_reduce(flat)
+    return flat
+
+
 def all_reduce_max(value: Any, d: Dist) -> Any:
     if d.enabled:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -115,11 +132,23 @@ def gather(obj: Any, d: Dist) -> list[Any]:
 
 def max_param_difference(module: Any, d: Dist) -> float:
     """Largest absolute difference of any parameter between rank 0 and another rank."""
-    if not d.enabled:
+    return max_difference(list(module.parameters()), d)
+
+
+def max_difference(tensors: list[torch.Tensor], d: Dist) -> float:
+    """Largest absolute difference of any element of ``tensors`` between rank 0 and another
+    rank (a collective). NaN on both ranks counts as equal, NaN on one as ``inf``."""
+    if not d.enabled or not tensors:
         return 0.0
-    flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in module.parameters()])
+    flat = torch.cat([t.detach().reshape(-1).double().cpu() for t in tensors])
     copies = gather(flat, d)
-    return max(float((c - copies[0]).abs().max()) for c in copies)
+    worst = 0.0
+    for c in copies:
+        nan_c, nan_0 = torch.isnan(c), torch.isnan(copies[0])
+        diff = torch.where(nan_c | nan_0, torch.zeros_like(c), (c - copies[0]).abs())
+        diff = torch.where(nan_c ^ nan_0, torch.full_like(c, math.inf), diff)
+        worst = max(worst, float(diff.max()))
+    return worst
 
 
 def barrier(d: Dist) -> None:

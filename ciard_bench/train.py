@@ -26,7 +26,8 @@ from .config import (RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_tr
                      config_from_args, load_config_file, resolve)
 from .data import ArrayDataset, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
-                          broadcast_state, gather, max_param_difference, setup, teardown)
+                          broadcast_state, gather, max_difference, max_param_difference, setup,
+                          teardown)
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .methods import get_method, list_methods
@@ -130,7 +131,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         _check_resume_config(saved_cfg, cfg, cfg.out)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
-    run = build(cfg, device)           # every input is checked before anything is written
+    run = build(cfg, device, d)        # every input is checked before anything is written
     if d.is_main:
         rundir.clean_temporaries()
         atomic_write_json(rundir.root / "config.json", cfg.to_dict())
@@ -206,6 +207,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                   **{f"teacher_lr_{t.name}": t.lr_at(epoch) for t in trainings},
                   **epoch_means(sums, n_done, method.log_weights),
                   **{k: float(v) for k, v in method.state_summary().items()}}
+        if d.enabled:   # the method state is global, so equal on every rank: checked each epoch
+            record["method_state_equal_on_all_ranks"] = _state_equal(method, d, epoch)
         best = None
         if d.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             record.update(evaluate_epoch(run, epoch))
@@ -226,6 +229,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     barrier(d)
     teardown(d)
     return result
+
+
+def _state_equal(method, d: Dist, epoch: int) -> bool:
+    """Whether every rank holds exactly rank 0's method buffers (a collective); warns if not."""
+    diff = max_difference(list(method.adaptive_state().values()), d)
+    if diff != 0.0 and d.is_main:
+        log.warning("epoch %d: the method state differs between ranks by up to %g; a checkpoint "
+                    "holds rank 0's", epoch, diff)
+    return diff == 0.0
 
 
 def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:

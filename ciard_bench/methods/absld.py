@@ -20,7 +20,8 @@ Quirks, each with its switch:
   z_T / (tau^adv_y * tau^nat_y); ``separate`` keeps z_T / tau^adv_y and z_T / tau^nat_y (paper).
 * ``student_log``: ``log_of_softmax`` (released: log(softmax), -inf on underflow) or ``log_softmax``.
 Deviation: if every class has the same loss sum the code divides 0 by 0; here tau is unchanged.
-Temperatures and loss sums are buffers (a mid-epoch resume keeps the partial sums).
+Temperatures and loss sums are buffers (a mid-epoch resume keeps the partial sums); under
+torchrun each step's class sums are summed over the processes before they are added.
 """
 from __future__ import annotations
 
@@ -75,8 +76,17 @@ class ABSLD(RSLAD):
 
     @torch.no_grad()
     def _record(self, z_sa: Tensor, z_s: Tensor, y: Tensor) -> None:
-        self.loss_sum_adv.index_add_(0, y, F.cross_entropy(z_sa.float(), y, reduction="none"))
-        self.loss_sum_nat.index_add_(0, y, F.cross_entropy(z_s.float(), y, reduction="none"))
+        ce_adv = F.cross_entropy(z_sa.float(), y, reduction="none")
+        ce_nat = F.cross_entropy(z_s.float(), y, reduction="none")
+        if not self.ctx.dist.enabled:    # straight into the sums: one process's order of additions
+            self.loss_sum_adv.index_add_(0, y, ce_adv)
+            self.loss_sum_nat.index_add_(0, y, ce_nat)
+            return
+        # torchrun: this step's class sums over all processes, so every rank's sums are global
+        step_adv, step_nat = self.global_sums(torch.zeros_like(self.loss_sum_adv).index_add_(0, y, ce_adv),
+                                              torch.zeros_like(self.loss_sum_nat).index_add_(0, y, ce_nat))
+        self.loss_sum_adv.add_(step_adv)
+        self.loss_sum_nat.add_(step_nat)
 
     def end_epoch(self, epoch: int) -> None:
         o = self.opts

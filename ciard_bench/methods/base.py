@@ -10,6 +10,11 @@ A method is an ``nn.Module`` that owns the student, its teachers and its adaptiv
 * ``teacher_trainings()``: teachers the method trains, each with its own optimiser settings.
 * ``checkpoint_state()`` / ``load_checkpoint_state()``: everything but frozen teachers.
 
+Under ``torchrun`` (``Context.dist``) each process sees its shard of the batch; a method
+updates its adaptive state only from statistics passed through :meth:`Method.global_means`
+or :meth:`Method.global_sums` (one all-reduce each), so the state is that of the global
+batch and the same on every rank. In one process both return their inputs untouched.
+
 Scalar adaptive state that the released codes keep as Python floats (temperatures, rates,
 loss weights, first-step losses) lives in 0-dim float64 buffers (:func:`scalar_state`): the
 in-place updates then round exactly as the released arithmetic does, on the device and
@@ -26,11 +31,12 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..distributed import Dist, all_reduce_sum_
 from ..errors import UserError, choices_error
 
 # Epochs (of 300) at which the adaptive methods multiply their adaptation rates (loss-weight and
@@ -65,6 +71,7 @@ class Context:
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
+    dist: Dist = Dist()     # the processes of a torchrun run (one by default)
 
 
 class Method(nn.Module):
@@ -157,6 +164,35 @@ class Method(nn.Module):
     def state_summary(self) -> dict[str, Tensor]:
         """Scalar adaptive state to log each epoch (tensors; the engine syncs once)."""
         return {}
+
+    def adaptive_state(self) -> dict[str, Tensor]:
+        """The method's own buffers (its adaptive state, without the models' buffers)."""
+        return {name: b for name, b in self._buffers.items() if b is not None}
+
+    # -- statistics of the global batch (torchrun) -------------------------------------
+    def global_means(self, means: Sequence[Tensor], count: int) -> list[Tensor]:
+        """Means over this process's ``count`` samples -> means over the global batch (each
+        process weighted by its count), by one all-reduce of a packed float64 buffer; each
+        result keeps its input's dtype. In one process: the inputs themselves."""
+        d = self.ctx.dist
+        if not d.enabled:
+            return list(means)
+        # float32 mean x count is exact in float64, so only the sum over processes rounds
+        packed = torch.stack([m.detach().to(torch.float64).reshape(()) * count for m in means]
+                             + [torch.full((), count, dtype=torch.float64, device=means[0].device)])
+        all_reduce_sum_(packed, d)
+        return [(total / packed[-1]).to(m.dtype) for total, m in zip(packed[:-1], means)]
+
+    def global_sums(self, *parts: Tensor) -> list[Tensor]:
+        """Per-process sums or counts -> sums over all processes, by one all-reduce of a
+        packed float64 buffer; each result keeps its input's shape and dtype. In one
+        process: the inputs themselves."""
+        d = self.ctx.dist
+        if not d.enabled:
+            return list(parts)
+        packed = all_reduce_sum_(torch.cat([p.detach().to(torch.float64).reshape(-1) for p in parts]), d)
+        return [chunk.view_as(p).to(p.dtype)
+                for chunk, p in zip(packed.split([p.numel() for p in parts]), parts)]
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -18,7 +18,8 @@ maximisation is MTARD's, as its call signature indicates); docs/methods.md#b-mta
 * eta and eta_tau x0.1 after epochs 215, 260, 285 (once each, with the LR); SGD 0.1, momentum
   0.9, wd 2e-4, 300 epochs, ``multistep``. Teachers: robust WRN-34-10 (TRADES), clean ResNet-56.
 Switches: MTARD's, with ``c100_scale`` = 1 by default (there is no released CIFAR-100 script),
-plus ``temp_rate``, ``temp_min``, ``temp_max``. All state is in buffers (resume-safe).
+plus ``temp_rate``, ``temp_min``, ``temp_max``. All state is in buffers (resume-safe); under
+torchrun the entropies and losses are means over the global batch.
 """
 from __future__ import annotations
 
@@ -59,8 +60,12 @@ class BMTARD(MTARD):
     def _teacher_probs(self, z_ta: Tensor, z_n: Tensor) -> tuple[Tensor, Tensor]:
         return F.softmax(z_ta / self.tau_a, dim=1), F.softmax(z_n / self.tau_n, dim=1)
 
-    def _after_losses(self, p_a: Tensor, p_n: Tensor) -> None:
-        entropy_balance_(self.tau_a, self.tau_n, neg_entropy(p_a), neg_entropy(p_n), self.temp_rate,
+    def _temperature_stats(self, p_a: Tensor, p_n: Tensor) -> list[Tensor]:
+        return [neg_entropy(p_a), neg_entropy(p_n)]
+
+    def _update_temperatures(self, stats: list[Tensor]) -> None:
+        h_a, h_n = stats
+        entropy_balance_(self.tau_a, self.tau_n, h_a, h_n, self.temp_rate,
                          self.opts.temp_min, self.opts.temp_max)
 
     def state_summary(self) -> dict[str, Tensor]:

@@ -21,7 +21,8 @@ Defaults reproduce the released code; each place where the paper differs is a sw
 Deliberate differences from the released code, none changing the math: the unused
 robust-teacher forward on clean inputs is not computed, the clean teacher runs without a
 graph (its two eval-mode forwards batched into one call), the robust teacher builds a graph
-only while ITT trains it, and no value leaves the device during a step.
+only while ITT trains it, and no value leaves the device during a step. Under torchrun the
+temperatures (and adaptive weights) are updated from means over the global batch.
 """
 from __future__ import annotations
 
@@ -157,11 +158,13 @@ class CIARD(Method):
         p_n = F.softmax(z_n / self.tau_n, dim=1)
         l_adv = kle(F.log_softmax(z_sa, dim=1), p_a)
         l_nat = kle(F.log_softmax(z_s, dim=1), p_n)
-        entropy_balance_(self.tau_a, self.tau_n, neg_entropy(p_a), neg_entropy(p_n), self.temp_rate,
-                         o.temp_min, o.temp_max)
+        stats = [neg_entropy(p_a), neg_entropy(p_n)]          # what the temperatures need
         if o.loss_weights == "mtard_adaptive":
-            mtard_weights_(self.w_adv, self.w_nat, l_adv.detach(), l_nat.detach(),
-                           self.l0_adv, self.l0_nat, self.weight_rate)
+            stats += [l_adv.detach(), l_nat.detach()]         # and the weights
+        h_a, h_n, *losses = self.global_means(stats, y.shape[0])   # of the global batch
+        entropy_balance_(self.tau_a, self.tau_n, h_a, h_n, self.temp_rate, o.temp_min, o.temp_max)
+        if o.loss_weights == "mtard_adaptive":
+            mtard_weights_(self.w_adv, self.w_nat, *losses, self.l0_adv, self.l0_nat, self.weight_rate)
             # float64 weights cast to the loss dtype: Python float * float32 tensor in the code
             loss = (self.w_nat.to(l_nat.dtype, copy=True) * l_nat
                     + self.w_adv.to(l_adv.dtype, copy=True) * l_adv)

@@ -17,7 +17,8 @@ Quirks and switches: those of ARD (``attack_mode``, ``--schedule ard_paper``); N
 momentum is the default as released (``--no-nesterov`` turns it off). Not reproduced: the
 Fair-RSLAD / Fair-MTARD / Fair-IAD variants of the same repository.
 The class weights and the kappa accumulators are buffers, so a run resumed in the middle of
-an epoch continues the epoch's counts.
+an epoch continues the epoch's counts; under torchrun each step's counts are summed over
+the processes before they are added.
 """
 from __future__ import annotations
 
@@ -53,11 +54,17 @@ class FairARD(ARD):
         self.register_buffer("seen", scalar_state(0))         # samples seen this epoch (exact count)
 
     def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
-        self.kappa_sum.index_add_(0, y, (logits.argmax(dim=1) == y).to(self.kappa_sum.dtype))
+        self._step_kappa.index_add_(0, y, (logits.argmax(dim=1) == y).to(self._step_kappa.dtype))
 
     def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
-        self.seen.add_(y.numel())
-        return super()._adversarial(x, y)
+        # this step's counts first (whole numbers: exact in any order of additions), then
+        # summed over the processes under torchrun, then added to the epoch's
+        self._step_kappa = torch.zeros_like(self.kappa_sum)
+        x_adv = super()._adversarial(x, y)
+        kappa, seen = self.global_sums(self._step_kappa, self.seen.new_full((), y.numel()))
+        self.kappa_sum.add_(kappa)
+        self.seen.add_(seen)
+        return x_adv
 
     def _sample_weights(self, y: Tensor) -> Tensor:
         return self.class_weights[y]

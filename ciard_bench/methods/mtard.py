@@ -19,7 +19,8 @@ WRN-22-6 (C100, unverified). The released C10 script builds ``wideresnet()`` for
 (placeholder paths), which the engine's ``--clean-teacher`` makes moot.
 
 Switches: ``c100_scale`` = 10 (C100 script multiplies both KL terms by 10 on 100 classes; 1
-turns it off), ``weight_rate`` (eta), ``beta``. Weights and L0 are buffers (resume-safe).
+turns it off), ``weight_rate`` (eta), ``beta``. Weights and L0 are buffers (resume-safe);
+under torchrun they follow the losses' means over the global batch.
 """
 from __future__ import annotations
 
@@ -75,8 +76,13 @@ class MTARD(Method):
         """Soft labels of the two teachers (B-MTARD divides by its temperatures)."""
         return F.softmax(z_ta, dim=1), F.softmax(z_n, dim=1)
 
-    def _after_losses(self, p_a: Tensor, p_n: Tensor) -> None:
-        """Per-step update after the losses are formed (B-MTARD's temperatures)."""
+    def _temperature_stats(self, p_a: Tensor, p_n: Tensor) -> list[Tensor]:
+        """Batch means a per-step temperature update needs (B-MTARD's entropies; none here)."""
+        return []
+
+    def _update_temperatures(self, stats: list[Tensor]) -> None:
+        """Per-step update after the losses are formed, from ``_temperature_stats`` of the
+        global batch (B-MTARD's temperatures)."""
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
@@ -90,11 +96,13 @@ class MTARD(Method):
         scale = self.opts.c100_scale if self.ctx.num_classes == 100 else 1.0
         l_adv = scale * kle(F.log_softmax(z_sa, dim=1), p_a)
         l_nat = scale * kle(F.log_softmax(z_s, dim=1), p_n)
-        self._after_losses(p_a, p_n)
+        g_adv, g_nat, *stats = self.global_means(   # of the global batch under torchrun
+            [l_adv.detach(), l_nat.detach(), *self._temperature_stats(p_a, p_n)], y.shape[0])
+        self._update_temperatures(stats)
         beta = self.opts.beta    # (L / L0)^beta == L^beta / L0^beta: L0 buffers hold L0^beta
         state = self.w_adv.dtype     # the code raises the .item() values (float64) to beta
-        mtard_weights_(self.w_adv, self.w_nat, l_adv.detach().to(state) ** beta,
-                       l_nat.detach().to(state) ** beta, self.l0_adv, self.l0_nat, self.weight_rate)
+        mtard_weights_(self.w_adv, self.w_nat, g_adv.to(state) ** beta, g_nat.to(state) ** beta,
+                       self.l0_adv, self.l0_nat, self.weight_rate)
         loss = (self.w_adv.to(l_adv.dtype, copy=True) * l_adv       # Python float * float32 in the code
                 + self.w_nat.to(l_nat.dtype, copy=True) * l_nat)
         return {"loss": loss, "loss_adv": l_adv.detach(), "loss_nat": l_nat.detach()}
