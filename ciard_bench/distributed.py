@@ -18,9 +18,10 @@ per-class loss sums, Fair-ARD's kappa counts) is computed from the GLOBAL batch:
 sums its per-rank statistics over the processes first (:func:`all_reduce_sum_`, one packed
 buffer per update, called by ``Method.global_means`` / ``Method.global_sums``), so every rank
 holds the same method buffers after every step, rank 0's checkpoint is the whole state, and
-a resumed run continues the run it was. The engine records the largest difference of the
-method buffers between ranks in each epoch's log (0 when all is well). In one process nothing
-is reduced and no operation changes.
+a resumed run continues the run it was. Each epoch the engine gathers the method buffers
+of every rank and records in the epoch's log whether all equal rank 0's exactly
+(``method_state_equal_on_all_ranks``; a warning if not). In one process nothing is reduced
+and no operation changes.
 """
 from __future__ import annotations
 
