@@ -94,8 +94,8 @@ def test_two_process_run_resumed_mid_epoch_has_the_global_state_on_every_rank(tm
     the resume."""
     args = ["-m", "ciard_bench.train", "--method", "absld", "--dataset", "digits", "--n-train", "32",
             "--n-test", "16", "--student", "resnet8", "--robust-teacher", teachers[1], "--epochs", "2",
-            "--batch-size", "16", "--attack-steps", "1", "--ckpt-every-steps", "1", "--seed", "5",
-            "--device", "cpu"]
+            "--batch-size", "16", "--attack-steps", "1", "--ckpt-every-steps", "1", "--eval-every", "2",
+            "--seed", "5", "--device", "cpu"]
     straight = _torchrun(*args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _torchrun(*args, "--out", str(tmp_path / "killed"), kill_at="step:4")   # epoch 2, step 2
