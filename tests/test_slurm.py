@@ -30,9 +30,9 @@ import torch
 
 from ciard_bench.tables import main
 
-pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None,
-                                reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
-                                "a single-node SLURM; CI runs these tests)")
+needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
+                                 reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
+                                 "a single-node SLURM; CI runs these tests)")
 
 GRID = ["--epochs", "1", "--teacher-epochs", "4", "--n-train", "64", "--n-test", "16",
         "--n-examples", "16", "--sanity-examples", "8", "--threads", "1", "--students",
@@ -149,6 +149,7 @@ def _restore_threads():
     torch.set_num_threads(old)
 
 
+@needs_slurm
 def test_grid_through_slurm_with_a_preempted_job_equals_a_local_run(slurm_grid):
     results, local, seen = slurm_grid
     code, out, _ = seen["first"]
@@ -194,6 +195,7 @@ def test_grid_through_slurm_with_a_preempted_job_equals_a_local_run(slurm_grid):
     assert "--" not in (results / "table3.csv").read_text()
 
 
+@needs_slurm
 def test_rerun_submits_only_what_is_neither_done_nor_queued(slurm_grid):
     results, _, seen = slurm_grid
     code, out, _ = seen["again"]
@@ -205,6 +207,22 @@ def test_rerun_submits_only_what_is_neither_done_nor_queued(slurm_grid):
     assert _job_ids(results) == seen["ids"]          # nothing resubmitted on the way
 
 
+@needs_slurm
+def test_wait_resubmits_only_the_missing_task_and_renders(slurm_grid, tmp_path):
+    results, local, seen = slurm_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    (copy / "runs" / CELLS[0] / "eval-best.json").unlink()     # the clean teacher's evaluation
+    code, out, _ = _slurm(copy, "--wait")
+    assert code == 0, out
+    assert out.count("submitted: ") == 1 and f"submitted: {CELLS[0]} eval: job" in out
+    new = json.loads((copy / "runs" / CELLS[0] / "slurm.json").read_text())["eval"]["job_id"]
+    assert new not in seen["ids"].values() and _queue_state(new) in ("", "COMPLETED")
+    for name in TABLES:                  # waited, then rendered: the same tables
+        assert (copy / name).read_text() == (local / name).read_text(), name
+
+
+@needs_slurm
 def test_status_lists_every_cell_with_its_jobs(slurm_grid):
     results, _, seen = slurm_grid
     code, out, _ = seen["status"]
@@ -218,6 +236,7 @@ def test_status_lists_every_cell_with_its_jobs(slurm_grid):
             assert f"{kind} job {seen['ids'][f'{cell} {kind}']} " in line
 
 
+@needs_slurm
 def test_a_folder_another_launcher_owns_is_refused_in_one_line(slurm_grid):
     results, local, seen = slurm_grid
     code, _, err = seen["refused_local"]          # local run while SLURM jobs are queued
@@ -228,8 +247,18 @@ def test_a_folder_another_launcher_owns_is_refused_in_one_line(slurm_grid):
     assert not list((local / "runs").glob("**/slurm.json"))
 
 
+@needs_slurm
+def test_an_unknown_partition_is_one_line(tmp_path):
+    code, _, err = _main("--results-dir", str(tmp_path), *GRID, "--launcher", "slurm",
+                         "--partition", "nosuch")
+    partitions = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                                timeout=30).stdout.split()
+    assert code == 2 and err.count("\n") == 1 and "unknown partition 'nosuch'; accepted: " in err
+    assert all(p.rstrip("*") in err for p in partitions)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "launcher.json").exists()
+
+
 @pytest.mark.parametrize("argv, needle", [
-    (["--launcher", "slurm", "--partition", "nosuch"], "unknown partition 'nosuch'; accepted: "),
     (["--partition", "debug"], "--partition is an option of --launcher slurm"),
     (["--launcher", "local", "--time", "10"], "--time is an option of --launcher slurm"),
     (["--launcher", "slurm", "--devices", "cpu"], "--devices is an option of --launcher local"),
@@ -256,3 +285,29 @@ def test_slurm_without_sbatch_on_path_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))       # a PATH with no SLURM on it
     code, _, err = _main("--results-dir", str(tmp_path), *GRID, "--launcher", "slurm")
     assert code == 2 and err.count("\n") == 1 and "needs SLURM's sbatch on PATH" in err, err
+
+
+def _device_of_worker(rendezvous: str) -> tuple[int, str | None]:
+    """In a pool worker: check in, wait until the other worker has too (so each of the two
+    tasks runs in its own worker), and say which GPU this worker may see."""
+    folder = Path(rendezvous)
+    (folder / str(os.getpid())).touch()
+    end = time.monotonic() + 120
+    while len(list(folder.iterdir())) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_each_local_worker_is_pinned_to_its_device(monkeypatch, tmp_path):
+    """--devices cuda:1,cuda:0: each worker process sees only its own GPU, counted within
+    the CUDA_VISIBLE_DEVICES it inherits (here 5,7: cuda:1 is GPU 7). No GPU is touched:
+    only the pinning is checked (this machine may have none)."""
+    from ciard_bench.tables import runner
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    pool = runner._pool(2, 1, ["cuda:1", "cuda:0"])
+    try:
+        seen = [f.result(timeout=180) for f in
+                [pool.submit(_device_of_worker, str(tmp_path)) for _ in range(2)]]
+    finally:
+        pool.shutdown()
+    assert len({pid for pid, _ in seen}) == 2 and sorted(dev for _, dev in seen) == ["5", "7"]

@@ -318,9 +318,11 @@ def _run(argv: list[str] | None) -> int:
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "
               f"evaluate {t['eval_s']:7.1f} s")
+    how = "in SLURM jobs" if args.launcher == "slurm" else \
+        f"{workers} worker(s) x {threads} thread(s)"
     print(f"{preset.name}: trained {summary['trained']}, evaluated {summary['evaluated']}, "
           f"blocked {len(summary['blocked'])}, failed {len(summary['failed'])} cells in "
-          f"{wall:.0f} s ({workers} worker(s) x {threads} thread(s)); "
+          f"{wall:.0f} s ({how}); "
           f"grid: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "
           f"wrote {len(written)} files to {results}")
     for cid, error in summary["failed"].items():

@@ -274,12 +274,14 @@ def status_lines(grid: Grid, which: str) -> list[str]:
     return lines
 
 
-def wait(grid: Grid, timeout_s: float | None = None, poll_s: float = 10.0) -> bool:
+def wait(grid: Grid, timeout_s: float | None = None, max_poll_s: float = 30.0) -> bool:
     """Until no recorded job of the folder is alive (polling squeue, not submitit: without
-    accounting its job state stays UNKNOWN); False when ``timeout_s`` passed first."""
-    start = time.monotonic()
+    accounting its job state stays UNKNOWN); False when ``timeout_s`` passed first. The
+    poll starts at 1 s and grows by half up to ``max_poll_s`` (squeue loads the controller)."""
+    start, poll = time.monotonic(), 1.0
     while alive(grid.results):
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             return False
-        time.sleep(poll_s)
+        time.sleep(poll)
+        poll = min(1.5 * poll, max_poll_s)
     return True
