@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import pickle
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ciard_bench.tables import main
+from ciard_bench.tables import build_grid, get_preset, main
 
 needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
                                  reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
@@ -220,6 +221,21 @@ def test_wait_resubmits_only_the_missing_task_and_renders(slurm_grid, tmp_path):
     assert new not in seen["ids"].values() and _queue_state(new) in ("", "COMPLETED")
     for name in TABLES:                  # waited, then rendered: the same tables
         assert (copy / name).read_text() == (local / name).read_text(), name
+
+    # a job of a task the store has done (a requeue after its last write, a duplicate)
+    # succeeds without touching the run
+    from ciard_bench.tables import slurm
+    from ciard_bench.tables.cli import _parser, apply_overrides
+    preset = apply_overrides(get_preset("smoke"), _parser().parse_args(GRID))[0]
+    grid = build_grid(preset, copy, students=["resnet18"], methods=["sat", "mtard"])
+    run = copy / "runs" / CELLS[0]
+    before = (run / "run.json").read_bytes()
+    options = slurm.check_cluster(slurm.SlurmOptions())
+    job = slurm._submit_one(grid, grid.by_id()[CELLS[0]], "train", "best", options, [])
+    _wait("the duplicate job to end", lambda: _queue_state(job) in ("", "COMPLETED"), 120, poll=0.5)
+    with open(run / "slurm" / f"{job}_0_result.pkl", "rb") as f:
+        assert pickle.load(f) == ("success", {"train_s": 0.0})
+    assert (run / "run.json").read_bytes() == before
 
 
 @needs_slurm

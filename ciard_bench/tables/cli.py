@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ArgumentParser, UserError, cli_main
+from ..errors import ArgumentParser, cli_main
 from ..utils import positive_int
 from . import figures, launchers, render, runner, slurm, store
 from .frames import all_tables
@@ -186,35 +186,6 @@ def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
     return written
 
 
-def _check_launcher_flags(args: argparse.Namespace) -> None:
-    """Options of the other launcher are one-line errors, not silently ignored."""
-    if args.launcher == "local":
-        given = [o for o in launchers.SLURM_OPTIONS if getattr(args, o) not in (None, False)]
-        if given:
-            raise UserError(f"--{given[0].replace('_', '-')} is an option of --launcher slurm; "
-                            "accepted with --launcher local: --devices, --workers, --threads")
-        if args.devices and args.device != "auto":
-            raise UserError("give --devices or --device, not both")
-    elif args.devices or args.workers:
-        raise UserError(f"{'--devices' if args.devices else '--workers'} is an option of "
-                        "--launcher local; with --launcher slurm each job asks for "
-                        "--gpus-per-job and --cpus-per-job")
-
-
-def _local_devices(args: argparse.Namespace) -> tuple[str, list[str] | None]:
-    """``(device of the grid's settings, one device per worker or None)``."""
-    if not args.devices:
-        return args.device, None
-    devices = launchers.parse_devices(args.devices)
-    if devices == ["cpu"]:
-        return "cpu", None
-    if args.workers is not None:
-        raise UserError(f"--workers is set by --devices {args.devices!r} (one worker per "
-                        "device; list a device twice for two workers on it)")
-    # one device: this process uses it; several: each worker sees its own GPU as cuda
-    return (devices[0], None) if len(devices) == 1 else ("cuda", devices)
-
-
 def _slurm_options(args: argparse.Namespace) -> slurm.SlurmOptions:
     def count(flag: str) -> int | None:
         value = getattr(args, flag)
@@ -255,7 +226,7 @@ def _launch_slurm(args: argparse.Namespace, grid, cells, which: str) -> bool:
 
 def _run(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    _check_launcher_flags(args)
+    launchers.check_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for name in ("ciard_bench.train", "ciard_bench.evaluate", "ciard_bench.attacks"):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
@@ -265,7 +236,7 @@ def _run(argv: list[str] | None) -> int:
     results = Path(args.results_dir or Path("results") / preset.name)
     if args.launcher == "slurm":     # jobs may start in another working directory
         results = results.resolve()
-    device, devices = _local_devices(args)
+    device, devices = launchers.local_devices(args.devices, args.device, args.workers)
     workers, threads = parallelism(device, args.workers if devices is None else
                                    str(len(devices)), args.threads)
     if devices and args.threads is None:     # the cores shared among the GPU workers

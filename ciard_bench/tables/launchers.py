@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -27,6 +27,37 @@ LAUNCHERS = ("local", "slurm")
 # flags that only mean something to SLURM (dest names), refused with --launcher local
 SLURM_OPTIONS = ("partition", "gpus_per_job", "cpus_per_job", "mem", "time", "account", "qos",
                  "slurm_extra", "wait")
+
+
+def check_flags(args: Any) -> None:
+    """Options of the other launcher (argparse dests) are one-line errors, not ignored."""
+    if args.launcher == "local":
+        given = [o for o in SLURM_OPTIONS if getattr(args, o) not in (None, False)]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is an option of --launcher slurm; "
+                            "accepted with --launcher local: --devices, --workers, --threads")
+        if args.devices and args.device != "auto":
+            raise UserError("give --devices or --device, not both")
+    elif args.devices or args.workers:
+        raise UserError(f"{'--devices' if args.devices else '--workers'} is an option of "
+                        "--launcher local; with --launcher slurm each job asks for "
+                        "--gpus-per-job and --cpus-per-job")
+
+
+def local_devices(devices: str | None, device: str,
+                  workers: str | None) -> tuple[str, list[str] | None]:
+    """``--devices`` -> ``(device of the grid's settings, one device per worker or None)``:
+    one device is used by the run itself; several give each worker its own GPU, which
+    it sees as ``cuda``."""
+    if not devices:
+        return device, None
+    listed = parse_devices(devices)
+    if listed == ["cpu"]:
+        return "cpu", None
+    if workers is not None:
+        raise UserError(f"--workers is set by --devices {devices!r} (one worker per device; "
+                        "list a device twice for two workers on it)")
+    return (listed[0], None) if len(listed) == 1 else ("cuda", listed)
 
 
 def parse_devices(text: str) -> list[str]:

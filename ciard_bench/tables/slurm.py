@@ -111,14 +111,14 @@ def check_cluster(options: SlurmOptions) -> SlurmOptions:
     if shutil.which("sbatch") is None:
         raise UserError("--launcher slurm needs SLURM's sbatch on PATH, and it is not; run on a "
                         "SLURM login node, or use --launcher local")
-    partitions = [p.strip().rstrip("*") for p in _slurm("sinfo", "-h", "-o", "%P").split()]
+    listed = _slurm("sinfo", "-h", "-o", "%P").split()      # the default one ends with *
+    partitions = [p.rstrip("*") for p in listed]
     if options.partition is not None and options.partition not in partitions:
         raise UserError(f"unknown partition {options.partition!r}; accepted: "
                         f"{', '.join(partitions) or '(sinfo lists none)'}")
     if options.time_min is None:
-        name = options.partition or next(
-            (p.strip().rstrip("*") for p in _slurm("sinfo", "-h", "-o", "%P").split()
-             if p.endswith("*")), partitions[0] if partitions else "")
+        name = options.partition or next((p.rstrip("*") for p in listed if p.endswith("*")),
+                                         partitions[0] if partitions else "")
         info = _slurm("scontrol", "show", "partition", name) if name else ""
         limits = dict(re.findall(r"(DefaultTime|MaxTime)=(\S+)", info))
         for key in ("DefaultTime", "MaxTime"):
@@ -128,10 +128,10 @@ def check_cluster(options: SlurmOptions) -> SlurmOptions:
     return options
 
 
-def queue() -> dict[str, str]:
-    """``{job id: state}`` of this user's jobs that SLURM still knows."""
+def queue() -> dict[str, str] | None:
+    """``{job id: state}`` of this user's jobs that SLURM still knows; None without squeue."""
     if shutil.which("squeue") is None:
-        return {}
+        return None
     out = _slurm("squeue", "-h", "--me", "-t", "all", "-o", "%i|%T")
     return dict(line.split("|", 1) for line in out.split() if "|" in line)
 
@@ -154,7 +154,7 @@ def alive(grid_results: Any) -> dict[tuple[str, str], tuple[str, str]]:
         raise UserError(f"{str(grid_results)!r} records SLURM jobs but squeue is not on PATH to "
                         "ask whether they still run; use a SLURM node, or delete the runs' "
                         "slurm.json files if those jobs are over")
-    states = queue()
+    states = queue() or {}
     return {task: (jid, states[jid]) for task, jid in recorded.items()
             if jid in states and states[jid] not in FINAL}
 
@@ -176,6 +176,11 @@ class CellJob(submitit.helpers.Checkpointable):
         cell = self.grid.by_id()[self.cell_id]
         log.info("%s: %s (job %s, %d thread(s))", cell.id, self.kind,
                  os.environ.get("SLURM_JOB_ID"), threads)
+        # already done: a requeue that came after the task's last write, or a duplicate job
+        if (store.train_state(self.grid, cell) if self.kind == "train" else
+                store.status(self.grid, cell, self.which)) == store.DONE:
+            log.info("%s: %s already done in the store", cell.id, self.kind)
+            return {f"{self.kind}_s": 0.0}
         outcome = runner.run_task(self.grid, cell, self.kind, self.which)
         if "error" in outcome:
             raise RuntimeError(f"{cell.id}: {self.kind} failed: {outcome['error']} (traceback: "
@@ -261,6 +266,7 @@ def status_lines(grid: Grid, which: str) -> list[str]:
     """One line per cell: its state in the store, and each task's job id and queue state."""
     recorded = jobs(grid.results)
     states = queue() if recorded else {}
+    unknown = "state unknown (squeue is not on PATH)" if states is None else "gone from the queue"
     lines = []
     width = max((len(c.id) for c in grid.cells), default=10) + 2
     for cell in grid.cells:
@@ -268,7 +274,7 @@ def status_lines(grid: Grid, which: str) -> list[str]:
         for kind in ("train", "eval"):
             jid = recorded.get((cell.id, kind))
             if jid is not None:
-                parts.append(f"{kind} job {jid} {states.get(jid, 'gone from the queue')}")
+                parts.append(f"{kind} job {jid} {(states or {}).get(jid, unknown)}")
         lines.append(f"{cell.id:<{width}}{store.status(grid, cell, which):<9}"
                      + ("; ".join(parts) or "no SLURM job"))
     return lines
