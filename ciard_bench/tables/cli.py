@@ -28,8 +28,8 @@ def _csv(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m ciard_bench.tables",
-                                description="The paper's Tables 2-7 (and AutoAttack) from real "
-                                "runs: trains what is missing, evaluates, renders.")
+                       description="The paper's Tables 2-7 (and AutoAttack) from real runs: "
+                       "trains what is missing, evaluates, renders.")
     p.add_argument("--preset", default="smoke",
                    help=f"{' | '.join(list_presets())} (default smoke)")
     p.add_argument("--results-dir", help="results folder (default results/<preset>; runs go to "
@@ -298,7 +298,7 @@ def _run(argv: list[str] | None) -> int:
           f"wrote {len(written)} files to {results}")
     for cid, error in summary["failed"].items():
         print(f"failed: {cid}: {error} (traceback: {results / 'runs' / cid / 'cell-error.log'})")
-    unfinished = [c.id for c in cells if args.launcher == "slurm" and not args.status
+    unfinished = [c.id for c in cells if args.launcher == "slurm"
                   and store.status(grid, c, which) != store.DONE]
     for cid in unfinished:      # its jobs ended without finishing it (failed, cancelled)
         print(f"not done: {cid} (job logs: {results / 'runs' / cid / 'slurm'}; rerun to resubmit)")
