@@ -11,8 +11,10 @@ ones resumed), evaluates each run with :func:`ciard_bench.evaluate.evaluate`, an
                                            log, result, eval-<checkpoint>.json
 
 Modules: ``presets`` (the scales), ``grid`` (cells, sharding), ``store`` (status, running a
-cell), ``runner`` (the loop, the estimate), ``frames`` (DataFrames), ``render`` (CSV, LaTeX,
-Markdown, captions, the paper's numbers), ``figures``, ``cli``.
+cell), ``runner`` (the loop, the estimate), ``launchers`` (``--devices``, who owns a results
+folder), ``slurm`` (``--launcher slurm``: one submitit job per task), ``frames``
+(DataFrames), ``render`` (CSV, LaTeX, Markdown, captions, the paper's numbers),
+``figures``, ``cli``.
 """
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import cli_main
+from ..errors import ArgumentParser, cli_main
 from ..utils import positive_int
-from . import figures, render, runner, store
+from . import figures, launchers, render, runner, slurm, store
 from .frames import all_tables
 from .grid import build_grid, parse_shard, select_kinds, shard_cells
 from .presets import Preset, get_preset, list_presets
@@ -27,9 +27,9 @@ def _csv(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ciard_bench.tables",
-                                description="The paper's Tables 2-7 (and AutoAttack) from real "
-                                "runs: trains what is missing, evaluates, renders.")
+    p = ArgumentParser(prog="python -m ciard_bench.tables",
+                       description="The paper's Tables 2-7 (and AutoAttack) from real runs: "
+                       "trains what is missing, evaluates, renders.")
     p.add_argument("--preset", default="smoke",
                    help=f"{' | '.join(list_presets())} (default smoke)")
     p.add_argument("--results-dir", help="results folder (default results/<preset>; runs go to "
@@ -72,7 +72,31 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--n-test", help="test points of the per-epoch evaluation")
     o.add_argument("--n-examples", help="test points of the final evaluation")
     o.add_argument("--sanity-examples", help="points of the eps sweep (robustness curves)")
+    _launcher_arguments(p)
     return p
+
+
+def _launcher_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("launchers (README: Tables)")
+    g.add_argument("--launcher", choices=launchers.LAUNCHERS, default="local",
+                   help="local: worker processes on this machine (default); slurm: one SLURM "
+                   "job per cell's training and evaluation, through submitit")
+    g.add_argument("--devices", help="local: cuda:0,cuda:1,... one worker pinned to each "
+                   "device, or cpu (with --workers N)")
+    g.add_argument("--status", action="store_true", help="print every cell's state (store) and "
+                   "SLURM job (squeue), one line per cell, and exit")
+    s = p.add_argument_group("--launcher slurm (each job; default: the partition's)")
+    s.add_argument("--partition")
+    s.add_argument("--gpus-per-job")
+    s.add_argument("--cpus-per-job", help="CPUs per job, also its torch threads (default 1)")
+    s.add_argument("--mem", help="memory per job, sbatch's format (16G)")
+    s.add_argument("--time", help="time limit per job (MINUTES, HH:MM:SS, D-HH:MM:SS); a job "
+                   "at its limit requeues and resumes (default: the partition's)")
+    s.add_argument("--account")
+    s.add_argument("--qos")
+    s.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE",
+                   help="any other sbatch option, repeatable (constraint=a100)")
+    s.add_argument("--wait", action="store_true", help="wait for the jobs, then render")
 
 
 def apply_overrides(preset: Preset, args: argparse.Namespace) -> tuple[Preset, dict]:
@@ -162,8 +186,47 @@ def _render(grid, which: str, compare: bool, with_figures: bool) -> list[Path]:
     return written
 
 
+def _slurm_options(args: argparse.Namespace) -> slurm.SlurmOptions:
+    def count(flag: str) -> int | None:
+        value = getattr(args, flag)
+        return None if value is None else positive_int(value, "--" + flag.replace("_", "-"))
+    return slurm.check_cluster(slurm.SlurmOptions(
+        partition=args.partition, gpus_per_job=count("gpus_per_job"),
+        cpus_per_job=count("cpus_per_job") or 1, mem=args.mem, account=args.account,
+        qos=args.qos, time_min=slurm.parse_time(args.time) if args.time else None,
+        extra=slurm.parse_extra(args.slurm_extra)))
+
+
+def _launch_slurm(args: argparse.Namespace, grid, cells, which: str) -> bool:
+    """Submit what is neither done nor queued; True when the tables are to be rendered
+    now (nothing left queued: all done, or --wait waited for the jobs)."""
+    options = _slurm_options(args)
+    launchers.claim_slurm(grid.results)
+    store.write_grid(grid, which, {c.id for c in cells})
+    summary = slurm.submit(grid, cells, which, options)
+    for task, jid in summary["submitted"].items():
+        print(f"submitted: {task}: job {jid}")
+    for task, jid in summary["queued"].items():
+        print(f"already queued: {task}: job {jid}")
+    for text in summary["blocked"]:
+        print(f"blocked: {text}")
+    print(f"{grid.preset.name}: submitted {len(summary['submitted'])} jobs, "
+          f"{len(summary['queued'])} already queued, {summary['done']} cells done, "
+          f"{len(summary['blocked'])} tasks blocked; logs in {grid.results}/runs/<cell>/slurm/")
+    if not (summary["submitted"] or summary["queued"]):
+        return True
+    if not args.wait:
+        print(f"watch: python -m ciard_bench.tables --preset {grid.preset.name} --results-dir "
+              f"{grid.results} --status (with the same grid flags), or squeue --me; rerun "
+              "the same command to render the tables once the jobs are done")
+        return False
+    slurm.wait(grid)
+    return True
+
+
 def _run(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    launchers.check_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for name in ("ciard_bench.train", "ciard_bench.evaluate", "ciard_bench.attacks"):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
@@ -171,26 +234,45 @@ def _run(argv: list[str] | None) -> int:
     preset, changed = apply_overrides(get_preset(args.preset), args)
     shard = parse_shard(args.shard)
     results = Path(args.results_dir or Path("results") / preset.name)
-    workers, threads = parallelism(args.device, args.workers, args.threads)
+    if args.launcher == "slurm":     # jobs may start in another working directory
+        results = results.resolve()
+    device, devices = launchers.local_devices(args.devices, args.device, args.workers)
+    workers, threads = parallelism(device, args.workers if devices is None else
+                                   str(len(devices)), args.threads)
+    if devices and args.threads is None:     # the cores shared among the GPU workers
+        threads = max(1, usable_cores() // workers)
     torch.set_num_threads(threads)
     grid = build_grid(preset, results, datasets=args.dataset, students=args.students,
                       methods=args.methods,
                       teacher_specs={k: v for k, v in (("clean", args.clean_teacher),
                                                        ("robust", args.robust_teacher)) if v},
-                      settings={"device": args.device, "data_root": args.data_root,
+                      settings={"device": device, "data_root": args.data_root,
                                 "download": args.download, "model_dir": args.model_dir,
                                 "overrides": changed}, seeds=args.seeds)
     cells = shard_cells(select_kinds(grid.cells, args.only), shard)
     which = preset.checkpoint
+    if args.status:
+        print("\n".join(slurm.status_lines(grid, which)))
+        return 0
     if args.dry_run:
         return _dry_run(grid, cells, which)
     summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": [],
                "failed": {}, "by_kind": {}}
+    if args.launcher == "slurm" and not args.render_only:
+        if not _launch_slurm(args, grid, cells, which):
+            return 0
+        args.render_only = True
     if not args.render_only:
         log.info("preset %s: %d cells (%d in this run), %d seed(s), %d worker(s) x %d thread(s), "
                  "results in %s", preset.name, len(grid.cells), len(cells), len(grid.seeds),
                  workers, threads, results)
-        summary = runner.run_cells(grid, cells, which, workers=workers, threads=threads)
+        live = slurm.alive(results) if slurm.jobs(results) else {}
+        launchers.claim_local(results, {f"{c} {k}": f"{j} {s}" for (c, k), (j, s) in live.items()})
+        try:
+            summary = runner.run_cells(grid, cells, which, workers=workers, threads=threads,
+                                       devices=devices)
+        finally:
+            launchers.release_local(results)
     compare = preset.compare_paper if args.compare_paper is None else args.compare_paper
     written = _render(grid, which, compare, args.figures)
     wall = time.perf_counter() - start
@@ -207,14 +289,20 @@ def _run(argv: list[str] | None) -> int:
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "
               f"evaluate {t['eval_s']:7.1f} s")
+    how = "in SLURM jobs" if args.launcher == "slurm" else \
+        f"{workers} worker(s) x {threads} thread(s)"
     print(f"{preset.name}: trained {summary['trained']}, evaluated {summary['evaluated']}, "
           f"blocked {len(summary['blocked'])}, failed {len(summary['failed'])} cells in "
-          f"{wall:.0f} s ({workers} worker(s) x {threads} thread(s)); "
+          f"{wall:.0f} s ({how}); "
           f"grid: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "
           f"wrote {len(written)} files to {results}")
     for cid, error in summary["failed"].items():
         print(f"failed: {cid}: {error} (traceback: {results / 'runs' / cid / 'cell-error.log'})")
-    return 1 if summary["failed"] else 0
+    unfinished = [c.id for c in cells if args.launcher == "slurm"
+                  and store.status(grid, c, which) != store.DONE]
+    for cid in unfinished:      # its jobs ended without finishing it (failed, cancelled)
+        print(f"not done: {cid} (job logs: {results / 'runs' / cid / 'slurm'}; rerun to resubmit)")
+    return 1 if summary["failed"] or unfinished else 0
 
 
 def main(argv: list[str] | None = None) -> int:

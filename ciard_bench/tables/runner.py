@@ -36,7 +36,7 @@ TRAIN_SIZES = {"digits": 1438, "cifar10": 50000, "cifar100": 50000, "tiny_imagen
 
 
 def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
-              threads: int = 1) -> dict[str, Any]:
+              threads: int = 1, devices: Sequence[str] | None = None) -> dict[str, Any]:
     """Train and evaluate every cell of ``cells`` that is not done; returns a timing summary.
 
     Each cell is two tasks: training (once the teachers it distils from are trained) and
@@ -49,7 +49,8 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
     runs alone in its process. A cell whose teachers are neither
     trained nor trained in this invocation is ``blocked`` (run ``--only teacher`` first when
     sharding); a task that fails is reported with its error, the tasks that need it are
-    blocked, the others go on.
+    blocked, the others go on. ``devices`` (one per worker, ``--devices``) pins each worker
+    process to one of them for its whole life.
     """
     by_id = grid.by_id()
     selected = {c.id for c in cells}
@@ -119,7 +120,7 @@ def run_cells(grid: Grid, cells: Sequence[Cell], which: str, workers: int = 1,
         progress.line(f"{cell.id}: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items())
                       + _headline(grid, cell, which), done=cell.id)
 
-    pool = _pool(workers, threads) if workers > 1 else None
+    pool = _pool(workers, threads, devices) if workers > 1 else None
     try:
         while pending or running:
             order = list(pending) if pool is None else sorted(pending, key=priority)
@@ -211,10 +212,18 @@ def _headline(grid: Grid, cell: Cell, which: str) -> str:
     return f" -- {', '.join(parts)}" if parts else ""
 
 
-def _init_worker(threads: int, levels: dict[str, int]) -> None:
+def _init_worker(threads: int, levels: dict[str, int], slots: Any = None) -> None:
     """Worker start: one torch thread count, quiet third-party warnings, the main process's
     log levels; and on Linux the worker dies with the main process (a killed grid leaves no
-    orphan writing into the results)."""
+    orphan writing into the results). With ``slots`` (a queue of devices) the worker takes
+    one device for its life: ``cuda:N`` becomes its only visible GPU (``cuda`` in it)."""
+    if slots is not None:
+        device = slots.get(timeout=60)
+        if device.startswith("cuda:"):   # before CUDA starts in this process
+            index = int(device.split(":")[1])
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")   # cuda:N counts within it
+            os.environ["CUDA_VISIBLE_DEVICES"] = \
+                visible.split(",")[index].strip() if visible else str(index)
     quiet_third_party_warnings()
     logging.basicConfig(level=levels.pop(""), format="%(message)s", stream=sys.stderr)
     for name, level in levels.items():
@@ -224,11 +233,17 @@ def _init_worker(threads: int, levels: dict[str, int]) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+def _pool(workers: int, threads: int, devices: Sequence[str] | None = None) -> ProcessPoolExecutor:
     os.environ["OMP_NUM_THREADS"] = str(threads)     # inherited by the spawned workers
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+    context = mp.get_context("spawn")
+    slots = None
+    if devices:              # one device per worker, taken once at its start
+        slots = context.Queue()
+        for device in devices:
+            slots.put(device)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_init_worker,
-                               initargs=(threads, _log_levels()))
+                               initargs=(threads, _log_levels(), slots))
 
 
 def _log_levels() -> dict[str, int]:
