@@ -33,7 +33,9 @@ released by the kernel when the holder dies):
   starts once it is done.
 
 Locks are never nested across kinds in one process (a cell lock is released before the
-store lock is taken), so two processes cannot deadlock.
+store lock is taken), so two processes cannot deadlock. Not locked: the decoded
+Tiny-ImageNet cache in the data root (written atomically; concurrent writers write the same
+bytes).
 """
 from __future__ import annotations
 
