@@ -139,3 +139,39 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
             store.write_grid(grid, "best", add_run={"writer": 0})
         store.write_grid(grid, "best", add_run={"writer": 1})
     assert [r["writer"] for r in json.loads((tmp_path / "grid.json").read_text())["runs"]] == [0, 1]
+
+
+def test_two_invocations_of_one_grid_share_the_work_and_lose_nothing(tmp_path):
+    """Two ``python -m ciard_bench.tables`` on one results folder at once (as two users, or a
+    rerun while a first run still goes): every cell is trained and evaluated exactly once,
+    both invocations end with the whole grid done, grid.json keeps both run records."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "ciard_bench.tables", "--results-dir", str(tmp_path), *TINY,
+           "--threads", "1", "--workers", "1", "--students", "resnet18", "--methods", "sat",
+           "--no-figures"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    grid = _grid(tmp_path)
+    for cell in grid.cells:
+        assert store.status(grid, cell, "best") == store.DONE
+        log = (grid.run_dir(cell) / "log.jsonl").read_text().splitlines()
+        assert [json.loads(r)["epoch"] for r in log] == [1], cell.id     # trained once
+    record = json.loads((tmp_path / "grid.json").read_text())
+    assert len(record["runs"]) == 2 and record["counts"] == {"done": len(grid.cells)}
+    # the seconds the two invocations spent training / evaluating add up to what the cells
+    # record (cell.json keeps one training and one evaluation each): nothing ran twice (with
+    # the locks disabled both trained the first teacher and this failed)
+    for key in ("train_s", "eval_s"):
+        spent = sum(k[key] for r in record["runs"] for k in r["by_kind"].values())
+        kept = sum(store.cell_timing(grid, c)[key] for c in grid.cells)
+        assert spent == pytest.approx(kept, rel=1e-9), key
+    assert (tmp_path / "table3.csv").is_file()
+    assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -37,9 +37,10 @@ _held: dict[str, tuple[int, int]] = {}     # this process's locks: real path -> 
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, what: str, level: int = logging.INFO) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created with the mode ``open()`` gives) for the
-    ``with`` block; wait, with one log line naming the holder, while another process has it."""
+    ``with`` block; wait, with a log line at ``level`` naming the holder, while another
+    process has it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(path)
@@ -64,7 +65,7 @@ def file_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("%s is held by %s; waiting for it", what, _holder(fd) or "another process")
+            log.log(level, "%s is held by %s; waiting for it", what, _holder(fd) or "another process")
             fcntl.flock(fd, fcntl.LOCK_EX)
         _write_holder(fd)
         _held[key] = (fd, 1)

@@ -68,7 +68,8 @@ DONE, TRAINED, PARTIAL, MISSING, BLOCKED = "done", "trained", "partial", "missin
 
 def store_lock(results: Path) -> contextlib.AbstractContextManager[None]:
     """The lock over a results folder's shared files (grid.json, tables, figures)."""
-    return file_lock(Path(results) / LOCK_DIR / "store.lock", f"results folder {str(results)!r}")
+    return file_lock(Path(results) / LOCK_DIR / "store.lock", f"results folder {str(results)!r}",
+                     level=logging.DEBUG)          # held for moments: a wait is not news
 
 
 def cell_lock(grid: Grid, cell: Cell) -> contextlib.AbstractContextManager[None]:
