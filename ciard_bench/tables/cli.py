@@ -274,17 +274,18 @@ def _run(argv: list[str] | None) -> int:
         finally:
             launchers.release_local(results)
     compare = preset.compare_paper if args.compare_paper is None else args.compare_paper
-    written = _render(grid, which, compare, args.figures)
+    with store.store_lock(results):      # other writers' renders and grid.json wait meanwhile
+        written = _render(grid, which, compare, args.figures)
     wall = time.perf_counter() - start
     # one record per invocation that did (or could not do) work; a pure re-render adds none,
     # so running the command again on a finished grid rewrites grid.json unchanged
-    runs = (store.read_json(results / "grid.json") or {}).get("runs", [])
+    record = None
     if summary["trained"] or summary["evaluated"] or summary["blocked"] or summary["failed"]:
-        runs.append({"wall_s": round(wall, 1), "workers": workers, "threads": threads,
-                     "shard": args.shard, "only": args.only, "trained": summary["trained"],
-                     "evaluated": summary["evaluated"], "blocked": summary["blocked"],
-                     "failed": summary["failed"], "by_kind": summary["by_kind"]})
-    store.write_grid(grid, which, {c.id for c in cells}, extra={"runs": runs})
+        record = {"wall_s": round(wall, 1), "workers": workers, "threads": threads,
+                  "shard": args.shard, "only": args.only, "trained": summary["trained"],
+                  "evaluated": summary["evaluated"], "blocked": summary["blocked"],
+                  "failed": summary["failed"], "by_kind": summary["by_kind"]}
+    store.write_grid(grid, which, {c.id for c in cells}, add_run=record)
     counts = store.grid_record(grid, which)["counts"]
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "

@@ -194,8 +194,9 @@ def run_task(grid: Grid, cell: Cell, kind: str, which: str) -> dict[str, Any]:
         return {"eval_s": store.evaluate_cell(grid, cell, which)}
     except (UserError, RuntimeError, OSError) as err:   # NonFiniteLoss is a UserError
         message = " ".join(str(err).split()) or type(err).__name__
-        grid.run_dir(cell).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(grid.run_dir(cell) / "cell-error.log", traceback.format_exc())
+        with store.cell_lock(grid, cell):   # another process running it cleans temporaries
+            grid.run_dir(cell).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(grid.run_dir(cell) / "cell-error.log", traceback.format_exc())
         return {"error": f"{type(err).__name__}: {message}"}
 
 

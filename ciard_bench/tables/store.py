@@ -15,9 +15,31 @@ A cell's folder ``<results>/runs/<cell id>/`` is a training run folder of the en
 External teachers (``rb:NAME``, files) have only ``eval-best.json`` and ``cell.json``.
 Status: ``done`` (trained and evaluated), ``trained`` (evaluation missing or stale),
 ``partial`` (interrupted: resumed on the next run), ``missing``.
+
+Many writers (shards, several invocations, cluster jobs on one results folder) lose no
+update: every file is written atomically, and whatever is read, changed and written back
+is done under a real file lock (:mod:`.locks`: ``flock`` on ``<results>/.locks/...``,
+released by the kernel when the holder dies):
+
+* the **store lock** (``.locks/store.lock``) covers the files shared by the whole folder:
+  ``grid.json`` (recomputed from disk and its ``runs`` history appended to under the lock,
+  :func:`write_grid`) and the rendered tables and figures (the CLI renders under it, so the
+  last render reads the newest results);
+* a **cell lock** (``.locks/runs/<cell id>.lock``) is held while a cell is trained or
+  evaluated (:func:`train_cell`, :func:`evaluate_cell`: its run folder, ``cell.json``, the
+  evaluation caches). A second process that reaches a cell another one is running *waits*
+  for it, then looks again: a cell finished meanwhile is not run twice, an interrupted one
+  is resumed. Waiting (not skipping) keeps the dependency order right: what needs the cell
+  starts once it is done.
+
+Locks are never nested across kinds in one process (a cell lock is released before the
+store lock is taken), so two processes cannot deadlock. Not locked: the decoded
+Tiny-ImageNet cache in the data root (written atomically; concurrent writers write the same
+bytes).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -38,9 +60,21 @@ from ..runs import RunDir
 from ..train import train
 from ..utils import provenance, resolve_device
 from .grid import Cell, Grid
+from .locks import LOCK_DIR, file_lock
 
 log = logging.getLogger("ciard_bench.tables")
 DONE, TRAINED, PARTIAL, MISSING, BLOCKED = "done", "trained", "partial", "missing", "blocked"
+
+
+def store_lock(results: Path) -> contextlib.AbstractContextManager[None]:
+    """The lock over a results folder's shared files (grid.json, tables, figures)."""
+    return file_lock(Path(results) / LOCK_DIR / "store.lock", f"results folder {str(results)!r}",
+                     level=logging.DEBUG)          # held for moments: a wait is not news
+
+
+def cell_lock(grid: Grid, cell: Cell) -> contextlib.AbstractContextManager[None]:
+    """The lock over one cell's run folder, held while it is trained or evaluated."""
+    return file_lock(grid.results / LOCK_DIR / "runs" / f"{cell.id}.lock", f"cell {cell.id}")
 
 
 def eval_path(grid: Grid, cell: Cell, which: str) -> Path:
@@ -144,8 +178,17 @@ def _model(grid: Grid, cell: Cell, which: str, num_classes: int, device: Any) ->
 
 
 def train_cell(grid: Grid, cell: Cell) -> float:
-    """Train a cell (resuming an interrupted run); returns the seconds it took here."""
-    resume = train_state(grid, cell) == PARTIAL
+    """Train a cell (resuming an interrupted run) under its cell lock; returns the seconds it
+    took here (0 when another process trained it while this one waited for the lock)."""
+    with cell_lock(grid, cell):
+        state = train_state(grid, cell)       # looked at again: the lock may have been waited for
+        if state == DONE:
+            log.info("%s: trained by another process meanwhile", cell.id)
+            return 0.0
+        return _train_cell(grid, cell, resume=state == PARTIAL)
+
+
+def _train_cell(grid: Grid, cell: Cell, resume: bool) -> float:
     before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
     start = time.perf_counter()
     train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
@@ -162,7 +205,17 @@ def _log(grid: Grid, cell: Cell) -> list[dict]:
 
 
 def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
-    """Run the cell's attacks with the evaluation suite; writes ``eval-<which>.json``."""
+    """Run the cell's attacks with the evaluation suite under its cell lock; writes
+    ``eval-<which>.json``. Returns the seconds it took here (0 when another process
+    evaluated it while this one waited for the lock)."""
+    with cell_lock(grid, cell):
+        if status(grid, cell, which) == DONE:
+            log.info("%s: evaluated by another process meanwhile", cell.id)
+            return 0.0
+        return _evaluate_cell(grid, cell, which)
+
+
+def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     s, p = grid.settings, grid.preset
     device = resolve_device(s["device"])
     data = cached_dataset(cell.dataset, s["data_root"], s["download"])
@@ -233,9 +286,11 @@ def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dic
 
 
 def write_grid(grid: Grid, which: str, selected: set[str] | None = None,
-               extra: dict | None = None) -> None:
-    """Rewrite ``<results>/grid.json`` from what is on disk, keeping its ``runs`` history
-    unless ``extra`` replaces it (atomic; shards may race, the last writer wins)."""
+               add_run: dict | None = None) -> None:
+    """Rewrite ``<results>/grid.json`` from what is on disk, keeping its ``runs`` history and
+    appending ``add_run`` to it; under the store lock, so concurrent writers lose no record
+    and the file always reflects the newest state on disk."""
     path = grid.results / "grid.json"
-    kept = {"runs": (read_json(path) or {}).get("runs", [])}
-    atomic_write_json(path, {**grid_record(grid, which, selected), **kept, **(extra or {})})
+    with store_lock(grid.results):
+        runs = (read_json(path) or {}).get("runs", []) + ([add_run] if add_run else [])
+        atomic_write_json(path, {**grid_record(grid, which, selected), "runs": runs})
