@@ -340,3 +340,41 @@ def test_each_local_worker_is_pinned_to_its_device(monkeypatch, tmp_path):
     finally:
         pool.shutdown()
     assert len({pid for pid, _ in seen}) == 2 and sorted(dev for _, dev in seen) == ["5", "7"]
+
+
+@needs_slurm
+def test_scancel_saves_at_the_next_step_and_the_rerun_resumes_it(slurm_grid, tmp_path):
+    """A plain ``scancel`` (SIGTERM to the job): the training job saves at the next step
+    boundary and ends without requeuing itself (a cancelled job stays cancelled; SLURM
+    requeues a preempted one); resuming the cell then ends as the uninterrupted run."""
+    from ciard_bench.runs import RunDir
+    from ciard_bench.tables import runner, slurm
+    from ciard_bench.tables.cli import _parser, apply_overrides
+    _, local, _ = slurm_grid
+    preset = apply_overrides(get_preset("smoke"), _parser().parse_args(GRID))[0]
+    grid = build_grid(preset, tmp_path, students=["resnet18"], methods=["sat", "mtard"])
+    cell = grid.by_id()[CELLS[0]]                  # the clean teacher: waits for nothing
+    run = tmp_path / "runs" / CELLS[0]
+    job = slurm._submit_one(grid, cell, "train", "best", slurm.check_cluster(
+        slurm.SlurmOptions()), [])
+    try:
+        _wait("the first epoch", lambda: _last_epoch(run) >= 1, 120, poll=0.05)
+        subprocess.run(["scancel", job], check=True, timeout=30)
+        _wait("the job's result", lambda: (run / "slurm" / f"{job}_0_result.pkl").is_file(), 90)
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    saved = _last(run)
+    assert saved["epoch"] == 2 and 0 < saved["step"] < 4, saved          # mid-epoch
+    where = f"epoch 2 step {saved['step']}"
+    logs = "".join(p.read_text() for p in (run / "slurm").glob(f"{job}_0_log.*"))
+    assert f"train stopped by SIGTERM, saved at {where}" in logs, logs[-3000:]
+    assert "Requeued job" not in logs
+    with open(run / "slurm" / f"{job}_0_result.pkl", "rb") as f:
+        kind, text = pickle.load(f)
+    assert kind == "error" and f"training stopped by SIGTERM and saved at {where}" in text
+    assert runner.run_task(grid, cell, "train", "best").keys() == {"train_s"}   # the rerun
+    strip = lambda p: [{k: v for k, v in json.loads(r).items() if k != "time_s"}
+                       for r in (p / "runs" / CELLS[0] / "log.jsonl").read_text().splitlines()]
+    assert strip(tmp_path) == strip(local) and len(strip(local)) == 4
+    a, b = (RunDir(p / "runs" / CELLS[0]).load("last") for p in (tmp_path, local))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
