@@ -6,6 +6,11 @@ PGD_TRADES on a test subset), and checkpoint atomically. A run killed at any mom
 restarted with ``--resume`` ends with the same weights as an uninterrupted run on CPU:
 data order and augmentation are functions of (seed, epoch, index), and every RNG,
 optimiser, scaler and adaptive method state is in the checkpoint.
+
+A stop can be requested from outside the loop (a signal handler: ``STOP.set()``): the loop
+looks at the flag once per step, between steps, so it saves at the next step boundary --
+never from inside a step -- and returns ``{"interrupted": ...}``; ``--resume`` continues
+from that step. The SLURM launcher sets it on the preemption / time-limit signal.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import argparse
 import logging
 import math
 import sys
+import threading
 import time
 from typing import Any
 
@@ -37,6 +43,9 @@ from .utils import provenance, resolve_device, rng_state, seed_everything, set_r
 
 log = logging.getLogger("ciard_bench.train")
 LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the device)
+# set (e.g. from a signal handler) to make train() save at the next step boundary and return;
+# whoever sets it clears it (a signal that comes before train() starts is not lost)
+STOP = threading.Event()
 
 
 class NonFiniteLoss(UserError):
@@ -104,13 +113,19 @@ def train_step(run: Run, x, y, trainings: list, d: Dist = Dist()) -> dict[str, A
     return out
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
+          stop: threading.Event | None = None) -> dict[str, Any]:
     """Train (or resume) one run; returns the result dict also written to ``result.json``.
     ``progress=False`` hides the per-epoch bar (the tables harness shows one bar of its own).
+
+    ``stop`` (default :data:`STOP`): once it is set, the run saves
+    a checkpoint at the next step boundary and returns ``{"interrupted": {"epoch", "step",
+    "out"}}`` instead of the result; ``resume=True`` continues it from that step.
 
     Under ``torchrun`` every process calls this; see :mod:`ciard_bench.distributed`.
     """
     cfg = resolve(cfg)
+    stop = STOP if stop is None else stop
     d, device_name = setup(cfg.device)
     device = resolve_device(device_name)
     if cfg.amp != "none" and device.type != "cuda":
@@ -194,12 +209,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                     bad_terms[k] = torch.where(newly_bad, v, bad_terms.get(k, v))
             n_done += 1
             last_step = i + 1 == n_batches
-            checkpoint_now = cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0 and not last_step
-            if (i + 1) % LOG_EVERY == 0 or last_step or checkpoint_now:
+            sync_step = (i + 1) % LOG_EVERY == 0 or last_step
+            # stop requested: save now (the last step saves at the epoch's end, below)
+            stop_now = not last_step and _stop_requested(stop, d, sync_step, device)
+            checkpoint_now = (cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0
+                              and not last_step) or stop_now
+            if sync_step or checkpoint_now:
                 _raise_if_bad(all_reduce_max(bad_step, d), bad_terms, epoch)
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
             if checkpoint_now:
                 save(epoch, i + 1, None, {"sums": {k: v.cpu() for k, v in sums.items()}, "n": n_done})
+            if stop_now:
+                bar.close()
+                return _stopped(cfg, epoch, i + 1, d)
         bar.close()
         method.end_epoch(epoch)
         all_reduce_mean(sums, d)
@@ -224,11 +246,35 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                                                        if isinstance(v, float) and k != "time_s"))
         save(epoch, 0, best, {})
         start_step, partial = 0, {}
+        if epoch < cfg.epochs and _stop_requested(stop, d, True, device):
+            return _stopped(cfg, epoch, 0, d)
     in_sync = max_param_difference(method, d)
     result = _finish(rundir, cfg, history, device, d, in_sync) if d.is_main else {}
     barrier(d)
     teardown(d)
     return result
+
+
+def _stop_requested(stop: threading.Event, d: Dist, sync_step: bool, device: Any) -> bool:
+    """Whether to stop after this step. One process: the flag (a Python check, no device
+    sync). Several: every rank must stop at the same step (saving is a collective), so the
+    ranks agree at the steps that synchronise anyway, through an all-reduce of the flag."""
+    if not d.enabled:
+        return stop.is_set()
+    if not sync_step:
+        return False
+    flag = torch.tensor(int(stop.is_set()), device=device)
+    return bool(all_reduce_max(flag, d).item())
+
+
+def _stopped(cfg: TrainConfig, epoch: int, step: int, d: Dist) -> dict[str, Any]:
+    """The run saved at (epoch, step) on a stop request: say so, and return that."""
+    where = f"epoch {epoch} step {step}" if step else f"the end of epoch {epoch}"
+    if d.is_main:
+        log.warning("stop requested: saved %s at %s; --resume continues from there", cfg.out, where)
+    barrier(d)
+    teardown(d)
+    return {"interrupted": {"epoch": epoch, "step": step, "out": cfg.out}}
 
 
 def _state_equal(method, d: Dist, epoch: int) -> bool:

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -64,3 +65,32 @@ def test_ciard_with_itt_on_two_processes_keeps_ranks_identical_and_resumes(tmp_p
                                                                          equal_nan=True), (key, k)
     single = _launch(args + ["--out", str(tmp_path / "straight"), "--resume"], 1)
     assert single.returncode == 2 and "written by 2 process(es) but 1 are running" in single.stderr
+
+
+def test_a_stop_requested_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Only rank 1 sets its stop flag (during step 2 of 24 an epoch): both ranks agree at the
+    next step that synchronises anyway (step 20, LOG_EVERY), save there together and return;
+    the 2-process resume then ends as a straight 2-process run."""
+    args = ["--method", "standard", "--dataset", "digits", "--n-train", "384", "--n-test", "16",
+            "--student", "resnet8", "--student-kwargs", '{"norm": "none"}', "--epochs", "2",
+            "--batch-size", "16", "--seed", "5", "--device", "cpu"]
+    straight = _launch(args + ["--out", str(tmp_path / "straight")], 2)
+    assert straight.returncode == 0, straight.stderr[-800:]
+    env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_KILL_AT"}
+    stopped = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).with_name("dist_stop_worker.py")), *args,
+         "--out", str(tmp_path / "stopped")], env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 0, stopped.stderr[-800:]
+    lines = [json.loads(line) for line in stopped.stdout.splitlines() if line.startswith("{")]
+    where = {"epoch": 1, "step": 20, "out": str(tmp_path / "stopped")}
+    assert sorted(lines, key=lambda r: r["rank"]) == [{"rank": 0, "interrupted": where},
+                                                      {"rank": 1, "interrupted": where}]
+    state = RunDir(tmp_path / "stopped").read_state()["last"]
+    assert (state["epoch"], state["step"]) == (1, 20)
+    resumed = _launch(args + ["--out", str(tmp_path / "stopped"), "--resume"], 2)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    a, b = RunDir(tmp_path / "straight").load("last"), RunDir(tmp_path / "stopped").load("last")
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k

@@ -3,11 +3,12 @@ through real submitit, with real training; and the launchers' one-line errors.
 
 The grid: the smoke preset cut to digits, ResNet-18-tiny students, SAT and MTARD (MTARD
 distils from both teachers, SAT from none; both are evaluated with transfer attacks from
-the robust teacher), 4-epoch teachers on 64 points: 4 cells, 8 jobs. While it runs, the
-robust teacher's training job is preempted after its first epoch's checkpoint (USR2, the
-signal submitit's jobs treat as preemption or time limit): it checkpoints, requeues and
-resumes. Its tables must equal those of an uninterrupted local run of the same grid
-(run beside it, ``--devices cpu``).
+the robust teacher), 4-epoch teachers on 128 points (4 steps an epoch at batch 32): 4
+cells, 8 jobs. While it runs, the robust teacher's training job is preempted just after its
+first epoch's checkpoint, so inside epoch 2 (USR2, the signal submitit's jobs treat as
+preemption or time limit): it saves at the next step boundary (mid-epoch), requeues and
+resumes from that step. Its tables must equal those of an uninterrupted local run of the
+same grid (run beside it, ``--devices cpu``).
 
 Without accounting, submitit's job state stays UNKNOWN, so every wait here polls the
 results store or squeue, each with a timeout.
@@ -35,7 +36,7 @@ needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
                                  reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
                                  "a single-node SLURM; CI runs these tests)")
 
-GRID = ["--epochs", "1", "--teacher-epochs", "4", "--n-train", "64", "--n-test", "16",
+GRID = ["--epochs", "1", "--teacher-epochs", "4", "--n-train", "128", "--n-test", "16",
         "--n-examples", "16", "--sanity-examples", "8", "--threads", "1", "--students",
         "resnet18", "--methods", "sat,mtard", "--no-figures"]
 ROBUST = "digits/teachers/robust/seed0"
@@ -61,11 +62,16 @@ def _queue_state(job: str) -> str:
     return out
 
 
-def _last_epoch(run: Path) -> int:
+def _last(run: Path) -> dict:
+    """The run's last checkpoint entry (epoch, step, file), {} before the first."""
     try:
-        return json.loads((run / "run.json").read_text()).get("last", {}).get("epoch", 0)
+        return json.loads((run / "run.json").read_text()).get("last", {})
     except (FileNotFoundError, json.JSONDecodeError):
-        return 0
+        return {}
+
+
+def _last_epoch(run: Path) -> int:
+    return _last(run).get("epoch", 0)
 
 
 def _main(*argv: str) -> tuple[int, str, str]:
@@ -121,6 +127,7 @@ def slurm_grid(tmp_path_factory):
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         # requeued: pending on a begin time ~2.5 min away; let it start now (FACTS.md)
         _wait("the requeued job to be pending", lambda: _queue_state(job) == "PENDING", 60)
+        seen["saved_on_signal"] = _last(run)       # what the job saved before it requeued
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True,
                        timeout=30)
         seen["restarts"] = re.search(r"Restarts=(\d+)", subprocess.run(
@@ -177,13 +184,19 @@ def test_grid_through_slurm_with_a_preempted_job_equals_a_local_run(slurm_grid):
     assert f"--dependency=afterok:{train['digits/teachers/clean/seed0']}:{train[ROBUST]}" in text
     assert "--kill-on-invalid-dep=yes" in text and "--signal=USR2@" in text
 
-    # the preempted job: signalled after epoch 1's checkpoint, requeued (same job id),
-    # resumed from that checkpoint, no epoch twice in the log
-    assert seen["epoch_at_signal"] < 4 and int(seen["restarts"]) >= 1
+    # the preempted job: signalled inside epoch 2 (just after epoch 1's checkpoint), it
+    # saved at a step boundary inside that epoch, requeued (same job id) and resumed from
+    # that very step; no epoch twice in the log
+    assert seen["epoch_at_signal"] == 1 and int(seen["restarts"]) >= 1
+    saved = seen["saved_on_signal"]
+    assert saved["epoch"] == 2 and 0 < saved["step"] < 4, saved      # mid-epoch
+    where = f"epoch {saved['epoch']} step {saved['step']}"
     robust = results / "runs" / ROBUST
     logs = "".join(p.read_text() for p in (robust / "slurm").glob(f"{train[ROBUST]}_0_log.*"))
-    assert "interrupted; requeued" in logs and f"Requeued job {train[ROBUST]}" in logs
-    assert re.search(r"resuming .*robust/seed0 at epoch [2-4]", logs), logs[-2000:]
+    assert f"train stopped by SIGUSR2, saved at {where}" in logs, logs[-3000:]
+    assert f"interrupted; requeued, it resumes from the step it saved ({where})" in logs
+    assert f"Requeued job {train[ROBUST]}" in logs
+    assert re.search(rf"resuming .*robust/seed0 at {where}\n", logs), logs[-3000:]
     epochs = [json.loads(r)["epoch"] for r in (robust / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
 
@@ -327,3 +340,41 @@ def test_each_local_worker_is_pinned_to_its_device(monkeypatch, tmp_path):
     finally:
         pool.shutdown()
     assert len({pid for pid, _ in seen}) == 2 and sorted(dev for _, dev in seen) == ["5", "7"]
+
+
+@needs_slurm
+def test_scancel_saves_at_the_next_step_and_the_rerun_resumes_it(slurm_grid, tmp_path):
+    """A plain ``scancel`` (SIGTERM to the job): the training job saves at the next step
+    boundary and ends without requeuing itself (a cancelled job stays cancelled; SLURM
+    requeues a preempted one); resuming the cell then ends as the uninterrupted run."""
+    from ciard_bench.runs import RunDir
+    from ciard_bench.tables import runner, slurm
+    from ciard_bench.tables.cli import _parser, apply_overrides
+    _, local, _ = slurm_grid
+    preset = apply_overrides(get_preset("smoke"), _parser().parse_args(GRID))[0]
+    grid = build_grid(preset, tmp_path, students=["resnet18"], methods=["sat", "mtard"])
+    cell = grid.by_id()[CELLS[0]]                  # the clean teacher: waits for nothing
+    run = tmp_path / "runs" / CELLS[0]
+    job = slurm._submit_one(grid, cell, "train", "best", slurm.check_cluster(
+        slurm.SlurmOptions()), [])
+    try:
+        _wait("the first epoch", lambda: _last_epoch(run) >= 1, 120, poll=0.05)
+        subprocess.run(["scancel", job], check=True, timeout=30)
+        _wait("the job's result", lambda: (run / "slurm" / f"{job}_0_result.pkl").is_file(), 90)
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    saved = _last(run)
+    assert saved["epoch"] == 2 and 0 < saved["step"] < 4, saved          # mid-epoch
+    where = f"epoch 2 step {saved['step']}"
+    logs = "".join(p.read_text() for p in (run / "slurm").glob(f"{job}_0_log.*"))
+    assert f"train stopped by SIGTERM, saved at {where}" in logs, logs[-3000:]
+    assert "Requeued job" not in logs
+    with open(run / "slurm" / f"{job}_0_result.pkl", "rb") as f:
+        kind, text = pickle.load(f)
+    assert kind == "error" and f"training stopped by SIGTERM and saved at {where}" in text
+    assert runner.run_task(grid, cell, "train", "best").keys() == {"train_s"}   # the rerun
+    strip = lambda p: [{k: v for k, v in json.loads(r).items() if k != "time_s"}
+                       for r in (p / "runs" / CELLS[0] / "log.jsonl").read_text().splitlines()]
+    assert strip(tmp_path) == strip(local) and len(strip(local)) == 4
+    a, b = (RunDir(p / "runs" / CELLS[0]).load("last") for p in (tmp_path, local))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

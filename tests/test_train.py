@@ -1,5 +1,8 @@
 """The training engine: resume equivalence, ITT through the engine, run-folder safety, the CLI."""
 import json
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,6 +100,54 @@ def test_resume_mid_epoch_equals_straight_run(tmp_path, teachers, monkeypatch):
     assert (state["epoch"], state["step"]) == (1, 2)
     engine.train(cfg_for(tmp_path / "killed", teachers, **kw), resume=True)
     assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "killed"))
+
+
+def _signal_inside_step(monkeypatch, k, stop):
+    """A real SIGUSR2 to this process inside the k-th training step (after its backward,
+    before its optimiser step), with a handler that sets ``stop``, as the SLURM job's does.
+    Returns a function that puts the previous handler back."""
+    real_step, real_average, steps, sent = engine.train_step, engine.average_gradients, [0], []
+
+    def step(*args, **kwargs):
+        steps[0] += 1
+        return real_step(*args, **kwargs)
+
+    def average(*args, **kwargs):
+        if steps[0] == k and not sent:
+            sent.append(k)
+            os.kill(os.getpid(), signal.SIGUSR2)   # the handler runs here, mid-step
+        return real_average(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", step)
+    monkeypatch.setattr(engine, "average_gradients", average)
+    old = signal.signal(signal.SIGUSR2, lambda *_: stop.set())
+    return lambda: signal.signal(signal.SIGUSR2, old)
+
+
+@pytest.mark.parametrize("k, saved", [(2, (1, 2)), (3, (1, 0))])
+def test_a_stop_request_saves_at_the_next_step_boundary_and_resume_is_exact(
+        tmp_path, teachers, monkeypatch, k, saved):
+    """3 steps per epoch. A signal inside step 2 saves epoch 1 step 2 (mid-epoch, with no
+    ckpt_every_steps); inside step 3, the epoch's last, the run ends the epoch and saves it.
+    Either way train() returns "interrupted", and --resume ends exactly as a straight run."""
+    engine.train(cfg_for(tmp_path / "straight", teachers))
+    stop = threading.Event()
+    restore = _signal_inside_step(monkeypatch, k, stop)
+    try:
+        out = engine.train(cfg_for(tmp_path / "stopped", teachers), stop=stop)
+    finally:
+        restore()
+        monkeypatch.undo()
+    assert out == {"interrupted": {"epoch": 1, "step": saved[1], "out": str(tmp_path / "stopped")}}
+    state = RunDir(tmp_path / "stopped").read_state()["last"]
+    assert (state["epoch"], state["step"]) == saved
+    assert not (tmp_path / "stopped" / "result.json").exists()
+    assert engine.train(cfg_for(tmp_path / "stopped", teachers), resume=True)["epochs"] == 2
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "stopped"))
+    log_a = (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(r).items() if k != "time_s"} for r in lines]
+    assert strip(log_a) == strip(log_b) and len(log_a) == 2
 
 
 def _teacher_params(path):

@@ -17,12 +17,22 @@ submits only the tasks that are neither done (the results store says so) nor ali
 
 Requeue: a job is a :class:`CellJob` (``submitit.helpers.Checkpointable``). At the
 preemption or time-limit signal (USR2, ``--signal-delay`` seconds before the limit)
-submitit calls :meth:`CellJob.checkpoint` and requeues the job with what it returns: the
-same task, which resumes the cell from the store -- training from the engine's last
-atomic checkpoint, evaluation after its last finished attack. The engine checkpoints after
-every epoch (and every ``ckpt_every_steps`` steps when the preset sets it), not on the
-signal itself, so a requeue loses the steps since that checkpoint, nothing else; the
-resumed run ends with the weights of an uninterrupted one.
+submitit's handler calls :meth:`CellJob.checkpoint`, requeues the job with what it returns
+(the same task, which resumes the cell from the store) and exits -- at once, wherever the
+main thread was. So a training task puts its own handler in front for the time it trains:
+
+    USR2 -> the handler sets the engine's stop flag (``train.STOP``) and returns
+         -> the training loop finishes the step it is in, saves an atomic checkpoint at
+            that step boundary (mid-epoch) and returns "interrupted"
+         -> the task calls submitit's handler itself: checkpoint(), ``scontrol requeue``,
+            exit; the requeued job resumes the run from that very step.
+
+The requeued run ends with the weights, method state and log of an uninterrupted one (the
+engine's resume is exact); a requeue costs at most the step under way. SIGTERM (a plain
+``scancel``, a preemption that SLURM itself requeues) also saves at the next step, then
+fails the job without requeuing it (SLURM decides: a preempted job comes back, a cancelled
+one does not; rerunning the command resumes it). An evaluation keeps submitit's handler: it
+requeues at once and resumes after its last finished attack.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,8 +50,10 @@ from typing import Any, Sequence
 import submitit
 import torch
 
+from .. import train as engine
 from ..checkpoint import atomic_write_json
 from ..errors import UserError, quiet_third_party_warnings
+from ..runs import RunDir
 from . import launchers, runner, store
 from .grid import Cell, Grid
 
@@ -181,18 +194,55 @@ class CellJob(submitit.helpers.Checkpointable):
                 store.status(self.grid, cell, self.which)) == store.DONE:
             log.info("%s: %s already done in the store", cell.id, self.kind)
             return {f"{self.kind}_s": 0.0}
-        outcome = runner.run_task(self.grid, cell, self.kind, self.which)
+        outcome = (self._train(cell) if self.kind == "train" else
+                   runner.run_task(self.grid, cell, self.kind, self.which))
         if "error" in outcome:
             raise RuntimeError(f"{cell.id}: {self.kind} failed: {outcome['error']} (traceback: "
                                f"{self.grid.run_dir(cell) / 'cell-error.log'})")
         log.info("%s: %s done: %s", cell.id, self.kind, outcome)
         return outcome
 
+    def _train(self, cell: Cell) -> dict[str, Any]:
+        """The training task under this job's own USR2/TERM handler (module docstring): a
+        signal stops the run at the next step boundary, saved; then USR2 requeues through
+        submitit's handler (which exits), and TERM fails the job."""
+        usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        submitit_handler = signal.getsignal(usr)     # checkpoint(), requeue, exit
+        received: list[int] = []
+
+        def request_stop(signum: int, frame: Any) -> None:   # no logging: it may hold a lock
+            received.append(signum)
+            engine.STOP.set()
+
+        engine.STOP.clear()
+        previous = {sig: signal.signal(sig, request_stop) for sig in (usr, signal.SIGTERM)}
+        try:
+            outcome = runner.run_task(self.grid, cell, "train", self.which)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if not received or store.train_state(self.grid, cell) == store.DONE or "error" in outcome:
+            return outcome                           # (a signal after the last step: done)
+        name = signal.Signals(received[0]).name
+        log.warning("%s: train stopped by %s, saved at %s", cell.id, name, self._saved_at())
+        if received[0] == usr and callable(submitit_handler):
+            submitit_handler(usr, None)              # requeues and exits (SystemExit)
+        raise RuntimeError(f"{cell.id}: training stopped by {name} and saved at "
+                           f"{self._saved_at()}; not requeued here (SLURM requeues a preempted "
+                           "job; after a scancel, rerun the command to resume)")
+
+    def _saved_at(self) -> str:
+        last = RunDir(self.grid.run_dir(self.grid.by_id()[self.cell_id])).read_state().get("last")
+        return f"epoch {last['epoch']} step {last['step']}" if last else "no checkpoint yet"
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Preempted or at the time limit: requeue the same task. The run's state is already
-        on disk (the engine's last atomic checkpoint), so nothing is saved here."""
-        log.warning("%s: %s interrupted; requeued, it resumes from the last checkpoint",
-                    self.cell_id, self.kind)
+        """Preempted or at the time limit: requeue the same task. A training run has saved
+        at its last step boundary just before (see :meth:`_train`), an evaluation keeps its
+        finished attacks, so nothing is saved here."""
+        where = f"the step it saved ({self._saved_at()})" if self.kind == "train" else \
+            "its last finished attack"
+        log.warning("%s: %s interrupted; requeued, it resumes from %s", self.cell_id,
+                    self.kind, where)
         return submitit.helpers.DelayedSubmission(self)
 
 
