@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import random
 import tarfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +59,13 @@ def load_digits(root: Path, download: bool) -> DatasetArrays:
     architecture runs unchanged. ``root`` and ``download`` are ignored. The 80/20
     class-stratified split uses a fixed seed, so the test set (359 images) never changes.
     """
-    from sklearn.datasets import load_digits as sklearn_digits  # heavy import (scikit-learn)
+    # heavy import (scikit-learn), done on first use; with `rich` installed it draws from
+    # Python's global `random` at import time (sklearn.callback's progress bar), after the
+    # engine has seeded it: keep the caller's stream as it was, so a run's saved RNG state
+    # does not depend on whether an earlier run in the process imported scikit-learn
+    state = random.getstate()
+    from sklearn.datasets import load_digits as sklearn_digits
+    random.setstate(state)
 
     bunch = sklearn_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] * (255.0 / 16.0)
