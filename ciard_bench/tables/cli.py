@@ -201,9 +201,12 @@ def _launch_slurm(args: argparse.Namespace, grid, cells, which: str) -> bool:
     """Submit what is neither done nor queued; True when the tables are to be rendered
     now (nothing left queued: all done, or --wait waited for the jobs)."""
     options = _slurm_options(args)
-    launchers.claim_slurm(grid.results)
-    store.write_grid(grid, which, {c.id for c in cells})
-    summary = slurm.submit(grid, cells, which, options)
+    # under the store lock: two submissions started at once on one folder take turns, and
+    # the second sees the first one's jobs as queued instead of submitting them again
+    with store.store_lock(grid.results):
+        launchers.claim_slurm(grid.results)
+        store.write_grid(grid, which, {c.id for c in cells})
+        summary = slurm.submit(grid, cells, which, options)
     for task, jid in summary["submitted"].items():
         print(f"submitted: {task}: job {jid}")
     for task, jid in summary["queued"].items():
