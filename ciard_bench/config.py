@@ -57,6 +57,7 @@ class TrainConfig:
     alpha: float = 2 / 255
     attack_steps: int = 10
     eval_every: int = 1
+    eval_from: int = 1      # first epoch of the per-epoch evaluation (the last is always evaluated)
     eval_batch_size: int = 256
     eval_teachers: bool = False
     seed: int = 0
@@ -78,6 +79,15 @@ class TrainConfig:
 RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark", "threads")
 
 
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Keys (outside ``RESUME_FREE_KEYS``) whose value differs between a saved run's config
+    and ``now``. A key the saved config lacks was added to :class:`TrainConfig` later: the run
+    used its default, so it counts as that default."""
+    defaults = TrainConfig().to_dict()
+    return [key for key in sorted(set(saved) | set(now)) if key not in RESUME_FREE_KEYS
+            and saved.get(key, defaults.get(key)) != now.get(key)]
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill ``None`` optimiser settings from the method (or the shared protocol); validate."""
     method = get_method(cfg.method)
@@ -88,7 +98,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     out = dataclasses.replace(cfg, **values)
     make_options(method, out.method_options)          # validates option names and choices
     get_schedule(out.schedule)
-    for key in ("epochs", "batch_size", "attack_steps", "eval_every", "eval_batch_size"):
+    for key in ("epochs", "batch_size", "attack_steps", "eval_every", "eval_from", "eval_batch_size"):
         if int(getattr(out, key)) <= 0:
             raise UserError(f"{key.replace('_', '-')} {getattr(out, key)} must be > 0; accepted: an integer > 0")
     for key in ("n_train", "n_test"):
@@ -186,6 +196,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int)
     e = parser.add_argument_group("evaluation and checkpoints")
     e.add_argument("--eval-every", type=int, help="evaluate (clean, PGD_TRADES) every N epochs")
+    e.add_argument("--eval-from", type=int, help="first epoch evaluated (default 1; the last "
+                   "epoch is always evaluated): the best checkpoint is chosen from there on")
     e.add_argument("--eval-batch-size", type=int)
     e.add_argument("--eval-teachers", action=argparse.BooleanOptionalAction, default=None,
                    help="also evaluate the teachers each evaluation (training curves, Fig. 3)")

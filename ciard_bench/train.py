@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .bookkeeping import NonFiniteWeights, accumulate, epoch_means, raise_if_weights_bad  # noqa: F401
 from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
 from .checkpoint import FORMAT, atomic_write_json
-from .config import (RESUME_FREE_KEYS, TrainConfig, add_method_arguments, add_train_arguments,
+from .config import (TrainConfig, add_method_arguments, add_train_arguments, changed_settings,
                      config_from_args, load_config_file, resolve)
 from .data import ArrayDataset, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
@@ -81,12 +81,11 @@ def _restore(run: Run, ckpt: dict[str, Any], d: Dist) -> None:
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
     now = cfg.to_dict()
-    for key in sorted(set(saved) | set(now)):
-        if key in RESUME_FREE_KEYS:
-            continue
-        if saved.get(key) != now.get(key):
-            raise UserError(f"--resume: {key} is {now.get(key)!r} but the run in {out!r} used "
-                            f"{saved.get(key)!r}; accepted: the run's own settings")
+    changed = changed_settings(saved, now)
+    if changed:
+        key = changed[0]
+        raise UserError(f"--resume: {key} is {now.get(key)!r} but the run in {out!r} used "
+                        f"{saved.get(key)!r}; accepted: the run's own settings")
 
 
 def train_step(run: Run, x, y, trainings: list, d: Dist = Dist()) -> dict[str, Any]:
@@ -232,7 +231,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         if d.enabled:   # the method state is global, so equal on every rank: checked each epoch
             record["method_state_equal_on_all_ranks"] = _state_equal(method, d, epoch)
         best = None
-        if d.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+        if d.is_main and (epoch == cfg.epochs or (epoch >= cfg.eval_from
+                                                  and epoch % cfg.eval_every == 0)):
             record.update(evaluate_epoch(run, epoch))
             if record["wr"] > best_wr:
                 best_wr = record["wr"]

@@ -97,6 +97,27 @@ def test_aa_target_classes_follow_n_classes():
     assert atk.aa.apgd_targeted.n_target_classes == 4 and atk.aa.fab.n_target_classes == 4
 
 
+def test_aa_target_classes_can_be_fewer_in_custom_only():
+    kw = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_iter": 10}
+    s = attack_settings("aa", n_target_classes=3, **kw)
+    assert (s["apgd_t_n_target_classes"], s["fab_t_n_target_classes"]) == (3, 3)
+    model, _, _ = toy(20)
+    atk = create_attack("aa", model, n_target_classes=3, **kw)
+    assert atk.aa.apgd_targeted.n_target_classes == 3
+    assert atk._fingerprint(torch.zeros(1, 3, 4, 4), torch.zeros(1))["settings"][
+        "apgd_t_n_target_classes"] == 3        # a resume file of 9 targets is not reused
+    caption = describe_attack("aa", 8 / 255, {"aa": {"n_target_classes": 3, **kw}})
+    assert "APGD-T on the 3 most likely wrong classes" in caption
+    assert "9 most likely" in describe_attack("aa", 8 / 255, {"aa": kw})
+    with pytest.raises(UserError, match="n_target_classes 10 is not accepted; accepted: an "
+                                        "integer from 1 to 9"):
+        attack_settings("aa", n_target_classes=10, **kw)
+    with pytest.raises(UserError, match="n_target_classes 0 "):
+        attack_settings("aa", n_target_classes=0, **kw)
+    with pytest.raises(UserError, match="version='custom' to set n_target_classes"):
+        attack_settings("aa", n_target_classes=3)
+
+
 def test_unknown_names_are_user_errors():
     model, _, _ = toy(20)
     with pytest.raises(UserError, match="unknown attack 'pgd'; accepted: .*pgd_sat"):

@@ -114,13 +114,18 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
     ciard = next(line for line in latex.splitlines() if line.startswith("CIARD"))
     sat = next(line for line in latex.splitlines() if line.startswith("SAT"))
     mtard = next(line for line in latex.splitlines() if line.startswith("MTARD"))
-    assert ciard.split("&")[1].strip() == "\\textbf{90.00}"
-    assert sat.split("&")[1].strip() == "60.00"
+    # one seed: each value with its Wilson interval over the 2000 points
+    lo, hi = wilson(1800, 2000)
+    assert ciard.split("&")[1].strip() == f"\\textbf{{90.00 [{lo:.1f}, {hi:.1f}]}}"
+    lo, hi = wilson(1200, 2000)
+    assert sat.split("&")[1].strip() == f"60.00 [{lo:.1f}, {hi:.1f}]"
     assert mtard.split("&")[1].strip() == "--"
     markdown = md.read_text()
-    assert "| CIARD | **90.00** |" in markdown and "| SAT | 60.00 |" in markdown
+    assert "| CIARD | **90.00 [88.6, 91.2]** |" in markdown
+    assert "| SAT | 60.00 [57.8, 62.1] |" in markdown
     assert "| MTARD | -- |" in markdown
     assert "lies above every other row's" in text and "1 training seed per cell" in text
+    assert "followed by its 95 % interval [low, high] (Wilson" in text
 
 
 def test_marks_need_intervals_that_separate(fixture_store, tmp_path):
@@ -133,7 +138,8 @@ def test_marks_need_intervals_that_separate(fixture_store, tmp_path):
     table = next(t for t in all_tables(grid, "best") if t.name == "table3")
     markdown = render.to_markdown(table, "caption")
     ciard = next(line for line in markdown.splitlines() if line.startswith("| CIARD"))
-    assert "**" not in ciard and "<u>" not in ciard and ciard.startswith("| CIARD | 90.00 |")
+    assert "**" not in ciard and "<u>" not in ciard
+    assert ciard.startswith("| CIARD | 90.00 [%.1f, %.1f] |" % tuple(wilson(14, 16)))
 
 
 def test_paper_comparison_uses_printed_numbers(fixture_store):
@@ -168,6 +174,26 @@ def test_shards_cover_the_grid_exactly_once(tmp_path):
     for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
         with pytest.raises(UserError):
             parse_shard(bad)
+
+
+def test_smoke_cells_are_the_cpu_studys_seed0_cells_but_for_its_two_savings(tmp_path):
+    # the smoke evaluates epochs 4-6 only (not the training-curve cell) and runs APGD-T on 3
+    # targets; every other setting of every cell is the cpu study's, so with the same best
+    # epochs its numbers are the cpu study's seed 0 (results/README.md)
+    smoke = build_grid(get_preset("smoke"), tmp_path / "s")
+    cpu = build_grid(get_preset("cpu"), tmp_path / "c").by_id()
+    assert len(smoke.cells) == 10
+    for cell in smoke.cells:
+        a, b = resolve(cell.config).to_dict(), resolve(cpu[cell.id].config).to_dict()
+        differ = {k for k in a if a[k] != b[k]} - {"out", "clean_teacher", "robust_teacher"}
+        curves = cell.config.eval_teachers
+        assert differ == (set() if curves else {"eval_from"}), cell.id
+        assert a["eval_from"] == (1 if curves else 4) and b["eval_from"] == 1
+        assert cell.attacks == cpu[cell.id].attacks
+    assert [c.id for c in smoke.cells if c.config.eval_teachers] == ["digits/resnet18/ciard/seed0"]
+    s, c = get_preset("smoke").attack_overrides, get_preset("cpu").attack_overrides
+    assert {k: v for k, v in s.items() if k != "aa"} == {k: v for k, v in c.items() if k != "aa"}
+    assert s["aa"] == {**c["aa"], "n_target_classes": 3}
 
 
 def test_bad_shard_and_unknown_preset_are_one_line_errors(tmp_path, capsys):

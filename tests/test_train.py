@@ -212,6 +212,39 @@ def test_existing_run_needs_resume_and_resume_needs_same_config(tmp_path, teache
         engine.train(cfg_for(out, teachers, epochs=1, lr=0.05), resume=True)
 
 
+def test_eval_from_skips_early_evaluations_and_leaves_training_unchanged(tmp_path, teachers):
+    # the per-epoch evaluation runs on a forked RNG in eval mode: skipping it changes only
+    # which epochs can be chosen as best, never the weights
+    every = engine.train(cfg_for(tmp_path / "every", teachers, epochs=3))
+    late = engine.train(cfg_for(tmp_path / "late", teachers, epochs=3, eval_from=3))
+    # the histories differ by design (no evaluation in epochs 1-2): compare weights and state
+    a, b = final_state(tmp_path / "every"), final_state(tmp_path / "late")
+    for key in ("state_dict", "method_state"):   # bit-identical (NaN: a statistic not yet set)
+        assert all(torch.equal(a[key][k], b[key][k]) or torch.allclose(
+            a[key][k], b[key][k], rtol=0, atol=0, equal_nan=True) for k in a[key])
+    logs = [json.loads(line) for line in (tmp_path / "late" / "log.jsonl").read_text().splitlines()]
+    assert ["wr" in r for r in logs] == [False, False, True]
+    assert late["best"]["epoch"] == 3 and late["last"] == every["last"]
+    full = [json.loads(line) for line in (tmp_path / "every" / "log.jsonl").read_text().splitlines()]
+    assert full[2]["wr"] == logs[2]["wr"]     # same seed for the epoch-3 evaluation
+
+
+def test_eval_from_past_the_last_epoch_still_evaluates_the_last(tmp_path, teachers):
+    result = engine.train(cfg_for(tmp_path / "r", teachers, epochs=2, eval_from=5))
+    assert result["best"]["epoch"] == 2
+    with pytest.raises(UserError, match="eval-from 0 must be > 0"):
+        engine.train(cfg_for(tmp_path / "bad", teachers, eval_from=0))
+
+
+def test_resume_accepts_a_config_saved_before_a_setting_existed(tmp_path, teachers):
+    from ciard_bench.config import changed_settings
+    now = cfg_for(tmp_path, teachers).to_dict()
+    older = {k: v for k, v in now.items() if k != "eval_from"}   # saved before eval_from
+    assert changed_settings(older, now) == []
+    assert changed_settings(older, {**now, "eval_from": 4}) == ["eval_from"]
+    assert changed_settings({**now, "device": "cuda"}, now) == []   # resume-free key
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, teachers, monkeypatch):
     from ciard_bench.methods.ciard import CIARD
     real = CIARD.forward

@@ -18,7 +18,17 @@ _AA_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 def _aa_derived(s: dict) -> dict:
     # pyautoattack uses 9 target classes (right for CIFAR-100 too); fewer classes need fewer.
-    n_target = max(1, min(9, int(s["n_classes"]) - 1))
+    most = max(1, int(s["n_classes"]) - 1)
+    n_target = min(9, most)
+    chosen = s.get("n_target_classes")
+    if chosen is not None:
+        if s["version"] == "standard":
+            raise UserError("AutoAttack version 'standard' uses its own target classes; "
+                            "use version='custom' to set n_target_classes")
+        if isinstance(chosen, bool) or not isinstance(chosen, int) or not 1 <= chosen <= most:
+            raise UserError(f"AutoAttack n_target_classes {chosen!r} is not accepted; accepted: "
+                            f"an integer from 1 to {most} (n_classes - 1)")
+        n_target = chosen
     if s["version"] == "standard":
         if s.get("attacks"):
             raise UserError("AutoAttack version 'standard' runs a fixed attack list; "
@@ -51,8 +61,12 @@ def _pgd_caption(label: str):
 def _aa_caption(s: dict) -> str:
     if s["version"] == "standard":
         return "AA: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
+    targets = ""
+    if "apgd-t" in s["attacks"]:
+        n = s["apgd_t_n_target_classes"]
+        targets = f"; APGD-T on the {n} most likely wrong class{'es' if n > 1 else ''}"
     return (f"AA: AutoAttack custom ({', '.join(s['attacks']).upper()}, {s['n_iter']} "
-            "iterations): cheaper than standard, an upper bound on its robust accuracy")
+            f"iterations{targets}): cheaper than standard, an upper bound on its robust accuracy")
 
 
 register_attack(AttackSpec(
@@ -99,13 +113,14 @@ register_attack(AttackSpec(
                                "square_n_queries": 5000},
     label="SA_AA", build=_autoattack, derive=_aa_derived,
     caption=lambda s: f"SA_AA: AutoAttack's Square (Linf), {s['square_n_queries']} queries"))
-# n_iter: APGD / FAB iterations; 9 target classes (fewer when n_classes < 10);
+# n_iter: APGD / FAB iterations; n_target_classes None: 9 target classes (fewer when
+# n_classes < 10; custom only: APGD-T / FAB-T on that many most likely wrong classes);
 # apgd_n_restarts None: pyautoattack's own (1 in standard, 5 in custom)
 register_attack(AttackSpec(
     "aa", "white-box", {"impl": "pyautoattack.AutoAttack", "norm": "Linf",
                         "version": "standard", "attacks": None, "seed": 0, "n_classes": 10,
                         "batch_size": 250, "n_iter": 100, "square_n_queries": 5000,
-                        "apgd_n_restarts": None},
+                        "apgd_n_restarts": None, "n_target_classes": None},
     label="AA", sanity="ensemble", build=_autoattack, derive=_aa_derived, caption=_aa_caption))
 register_attack(AttackSpec(
     "transfer_pgd_trades", "transfer", {"crafted_on": "source"}, base="pgd_trades",

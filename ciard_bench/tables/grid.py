@@ -114,9 +114,11 @@ def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, m
     cell = Cell(cid, kind, dataset, row, student=student, method=method, attacks=tuple(attacks),
                 needs=tuple(teachers[r].id for r in roles), source=teachers["robust"].id,
                 seed=common["seed"])
+    # the training-curve figure (eval_teachers) plots every epoch, whatever the preset's eval_from
+    curves = {"eval_teachers": True, "eval_from": 1} if eval_teachers else {"eval_teachers": False}
     cell.config = TrainConfig(**{**common, **grid.preset.train, **specs, "method": method,
                                  "method_options": dict(options), "student": arch,
-                                 "student_kwargs": dict(kwargs), "eval_teachers": eval_teachers,
+                                 "student_kwargs": dict(kwargs), **curves,
                                  "out": str(grid.run_dir(cell))})
     return cell
 

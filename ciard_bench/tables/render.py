@@ -66,7 +66,8 @@ def caption(grid: Grid, table: Table, which: str) -> str:
                  f"W-R = (Clean + Robust)/2; {check}.")
     parts.append(f"{seeds} training seed{'s' if seeds != 1 else ''} per cell"
                  + ("; mean +- std over seeds." if seeds > 1 else
-                    " (one seed: run-to-run training noise is not in the intervals)."))
+                    "; each value is followed by its 95 % interval [low, high] (Wilson, over "
+                    "the test points; one seed: run-to-run training noise is not in it)."))
     parts.append(f"{p.reductions}.")
     if table.name in p.table_notes:
         parts.append(p.table_notes[table.name])
@@ -94,7 +95,8 @@ def _marks(table: Table, stats: dict[tuple, Entry]) -> dict[tuple, str]:
 
 
 def _shown(table: Table, stats: dict[tuple, Entry], tex: bool = False) -> pd.DataFrame:
-    """The values a reader sees: ``mean`` with one seed, ``mean +- std`` with several."""
+    """The values a reader sees: ``mean +- std`` with several seeds; with one, the value and
+    its 95 % interval (the test points' Wilson interval), ``value [low, high]``."""
     pm = r" $\pm$ " if tex else " ± "
 
     def text(row, col) -> str:
@@ -102,7 +104,9 @@ def _shown(table: Table, stats: dict[tuple, Entry], tex: bool = False) -> pd.Dat
         e = stats[(row, col)]
         if math.isnan(value):
             return "--"
-        return f"{value:.2f}" + (f"{pm}{e.std:.2f}" if e.seeds > 1 else "")
+        if e.seeds > 1:
+            return f"{value:.2f}{pm}{e.std:.2f}"
+        return f"{value:.2f} [{e.low:.1f}, {e.high:.1f}]"
 
     return pd.DataFrame([[text(r, c) for c in table.frame.columns] for r in table.frame.index],
                         index=table.frame.index, columns=table.frame.columns)

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import atomic_write_json
-from ..config import RESUME_FREE_KEYS, resolve
+from ..config import changed_settings, resolve
 from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
 from ..evaluate import evaluate, predict, wilson
@@ -105,14 +105,14 @@ def train_state(grid: Grid, cell: Cell) -> str:
 def _check_same_config(grid: Grid, cell: Cell) -> None:
     saved = (read_json(grid.run_dir(cell) / "result.json") or {}).get("config", {})
     now = resolve(cell.config).to_dict()
-    for key in sorted(set(saved) | set(now)):
-        if key in ("clean_teacher", "robust_teacher"):   # a moved results folder is the same
-            if _in_grid(saved.get(key)) == _in_grid(now.get(key)):
-                continue
-        if key not in RESUME_FREE_KEYS and saved.get(key) != now.get(key):
-            raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
-                            f"{key}={saved.get(key)!r}, the grid now asks for {now.get(key)!r}; "
-                            "delete that folder or choose another --results-dir")
+    for key in changed_settings(saved, now):
+        # a moved results folder is the same
+        if key in ("clean_teacher", "robust_teacher") and \
+                _in_grid(saved.get(key)) == _in_grid(now.get(key)):
+            continue
+        raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
+                        f"{key}={saved.get(key)!r}, the grid now asks for {now.get(key)!r}; "
+                        "delete that folder or choose another --results-dir")
 
 
 def _in_grid(spec: Any) -> Any:
