@@ -33,8 +33,23 @@ def test_three_seeds_join_t_interval_and_wilson_in_quadrature():
     assert t_quantile(2) == pytest.approx(4.302652729911275)
 
 
-def _e(mean, half):
-    return Entry(mean, 0.0, 1, mean - half, mean + half)
+def test_interval_is_cut_to_the_range_of_an_accuracy():
+    # 90, 97.5, 98.5 %: the t interval alone reaches past 100
+    e = entry([_sample(0, 180), _sample(1, 195), _sample(2, 197)])
+    assert e.high == 100.0 and 0.0 < e.low < e.mean
+    e = entry([_sample(0, 0), _sample(1, 10), _sample(2, 30)])      # 0, 5, 15 %
+    assert e.low == 0.0 and e.mean < e.high < 100.0
+
+
+def _e(mean, half, seeds=3):
+    return Entry(mean, 0.0, seeds, mean - half, mean + half)
+
+
+def test_one_seed_never_marks_however_far_apart():
+    # one seed: the interval has no training noise in it, so no method comparison is drawn
+    assert marks([_e(90, 1, seeds=1), _e(10, 1, seeds=1)]) == ["", ""]
+    assert marks([_e(90, 1), _e(10, 1, seeds=1)]) == ["", ""]    # one such row is enough
+    assert marks([_e(90, 1, seeds=2), _e(10, 1, seeds=2)]) == ["best", ""]
 
 
 def test_marks_only_where_intervals_separate():

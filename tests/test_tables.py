@@ -109,23 +109,39 @@ def test_render_from_fixture_store(fixture_store, tmp_path):
     latex = tex.read_text()
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
     assert "\\caption{" in latex and "resnet18\\_tiny" in latex
-    # FGSM Clean column: CIARD 90 best (2000 points: the intervals separate it from SAT's
-    # 60); SAT, second of two, has no row below it to be separated from; missing rows "--"
+    # FGSM Clean column: one seed, so each value with its Wilson interval over the 2000
+    # points and no mark (CIARD's 90 is 30 points above SAT's 60, but one seed's interval
+    # has no training noise in it); missing rows "--"
     ciard = next(line for line in latex.splitlines() if line.startswith("CIARD"))
     sat = next(line for line in latex.splitlines() if line.startswith("SAT"))
     mtard = next(line for line in latex.splitlines() if line.startswith("MTARD"))
-    # one seed: each value with its Wilson interval over the 2000 points
     lo, hi = wilson(1800, 2000)
-    assert ciard.split("&")[1].strip() == f"\\textbf{{90.00 [{lo:.1f}, {hi:.1f}]}}"
+    assert ciard.split("&")[1].strip() == f"90.00 [{lo:.1f}, {hi:.1f}]"
     lo, hi = wilson(1200, 2000)
     assert sat.split("&")[1].strip() == f"60.00 [{lo:.1f}, {hi:.1f}]"
     assert mtard.split("&")[1].strip() == "--"
+    assert "\\textbf{" not in latex and "\\underline{" not in latex
     markdown = md.read_text()
-    assert "| CIARD | **90.00 [88.6, 91.2]** |" in markdown
+    assert "| CIARD | 90.00 [88.6, 91.2] |" in markdown
     assert "| SAT | 60.00 [57.8, 62.1] |" in markdown
-    assert "| MTARD | -- |" in markdown
+    assert "| MTARD | -- |" in markdown and "**" not in markdown.split("\n", 1)[1]
     assert "lies above every other row's" in text and "1 training seed per cell" in text
     assert "followed by its 95 % interval [low, high] (Wilson" in text
+    assert "nothing is marked with fewer than 2 seeds" in text
+
+
+def test_three_seeds_that_separate_are_marked_in_markdown_and_latex(tmp_path):
+    grid = build_grid(reduced_preset(), tmp_path, students=["resnet18"], methods=["sat", "ciard"],
+                      seeds=3)
+    for cell in grid.cells:     # the same values in every seed: the Wilson part decides
+        v = {"SAT": 50.0, "CIARD": 80.0}.get(cell.row, 60.0)
+        fake_done(grid, cell, v + 10, {a: v - 20 for a in cell.attacks}, n=2000)
+    table = next(t for t in all_tables(grid, "best") if t.name == "table3")
+    markdown = render.to_markdown(table, "c")
+    assert "| CIARD | **90.00 ± 0.00** |" in markdown and "| SAT | 60.00 ± 0.00 |" in markdown
+    latex = render.to_latex(table, "c")
+    ciard = next(line for line in latex.splitlines() if line.startswith("CIARD"))
+    assert ciard.split("&")[1].strip() == "\\textbf{90.00 $\\pm$ 0.00}"
 
 
 def test_marks_need_intervals_that_separate(fixture_store, tmp_path):

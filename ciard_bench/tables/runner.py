@@ -201,15 +201,14 @@ def run_task(grid: Grid, cell: Cell, kind: str, which: str) -> dict[str, Any]:
 
 
 def _headline(grid: Grid, cell: Cell, which: str) -> str:
-    ev = store.read_json(store.eval_path(grid, cell, which)) or {}
-    parts = [f"clean {ev['clean']['accuracy']:.1f} %"] if "clean" in ev else []
-    if "clean_whole_test_set" in ev:
-        whole = ev["clean_whole_test_set"]
+    summary = store.cell_summary(grid, cell, which)
+    parts = [f"clean {summary['clean']:.1f} %"] if summary else []
+    if "clean_whole_test_set" in summary:
+        whole = summary["clean_whole_test_set"]
         parts.append(f"clean {whole['accuracy']:.1f} % on all {whole['n']} test points")
-    attacks = ev.get("attacks", {})
     for name in ("pgd_trades", "aa"):
-        if name in attacks:
-            parts.append(f"{name.upper()} {attacks[name]['accuracy']:.1f} %")
+        if name in summary:
+            parts.append(f"{name.upper()} {summary[name]:.1f} %")
     return f" -- {', '.join(parts)}" if parts else ""
 
 

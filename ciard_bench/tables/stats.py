@@ -9,12 +9,21 @@ The interval of an entry joins the two sources of noise a reader must discount:
   seed's accuracy is a proportion of the same ``n`` points; W-R takes the mean of the
   Clean and Robust bounds).
 
-The two half-widths add in quadrature on each side. The mark rule (:func:`marks`) is a
+The two half-widths add in quadrature on each side, and the interval is cut to the range an
+accuracy can take, 0-100 % (cutting never makes or removes a mark: a best entry's low end
+would have to exceed 100). The mark rule (:func:`marks`) is a
 conservative test: the best value is bold only when its interval lies entirely above the
 interval of every other row; the second is underlined only when the best is bold and its
 interval lies entirely above those of every row below it. Two 95 % intervals that do not
 overlap differ at well below the 5 % level, so a mark is a difference the data support;
 rows with overlapping intervals are left unmarked, however their means are ordered.
+
+A column is marked only when every entry in it has at least ``MIN_SEEDS_TO_MARK`` (2)
+seeds. With one seed the interval holds the test points' noise only, not the training
+run's, and a method comparison needs both: in the smoke preset a mere change of torch's
+thread count (float rounding, nothing else) moved single-seed values by up to 12.5
+points and made a one-seed rule mark SAT best in four MobileNet columns that the
+one-thread run left unmarked (``results/README.md``).
 """
 from __future__ import annotations
 
@@ -24,10 +33,13 @@ from typing import Sequence
 
 from .frames import Sample
 
+MIN_SEEDS_TO_MARK = 2
 MARK_RULE = ("bold: the best mean, only when its 95 % interval (seeds' t interval and the "
              "test points' Wilson interval, combined in quadrature) lies above every other "
              "row's; underlined: the second, only when the best is bold and its interval lies "
-             "above every row's below it; unmarked values are not separated by the intervals")
+             "above every row's below it; unmarked values are not separated by the intervals; "
+             f"nothing is marked with fewer than {MIN_SEEDS_TO_MARK} seeds (one seed's interval "
+             "leaves out run-to-run training noise)")
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,8 @@ def entry(samples: Sequence[Sample]) -> Entry:
     seeds = t_quantile(k - 1) * std / math.sqrt(k) if k > 1 else 0.0
     below = mean - sum(s.low for s in samples) / k
     above = sum(s.high for s in samples) / k - mean
-    return Entry(mean, std, k, mean - math.hypot(seeds, below), mean + math.hypot(seeds, above))
+    return Entry(mean, std, k, max(0.0, mean - math.hypot(seeds, below)),
+                 min(100.0, mean + math.hypot(seeds, above)))
 
 
 def marks(entries: Sequence[Entry]) -> list[str]:
@@ -73,7 +86,7 @@ def marks(entries: Sequence[Entry]) -> list[str]:
     out = [""] * len(entries)
     order = sorted((i for i, e in enumerate(entries) if not e.missing),
                    key=lambda i: entries[i].mean, reverse=True)
-    if len(order) < 2:
+    if len(order) < 2 or any(entries[i].seeds < MIN_SEEDS_TO_MARK for i in order):
         return out
     for place, label in enumerate(("best", "second")):
         if place >= len(order) - 1:

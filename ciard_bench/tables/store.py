@@ -258,18 +258,41 @@ def _clean_accuracy(model: Any, data: Any, batch_size: int, device: Any) -> dict
     return {"accuracy": 100.0 * k / n, "n": n, "ci95": wilson(k, n)}
 
 
+def cell_summary(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
+    """A finished cell's headline numbers from its evaluation: clean accuracy on the
+    evaluated points and on the whole test set, PGD_TRADES and AA robust accuracy, and
+    whether every sanity check passed (empty before the evaluation)."""
+    ev = read_json(eval_path(grid, cell, which)) or {}
+    if "clean" not in ev:
+        return {}
+    out: dict[str, Any] = {"clean": ev["clean"]["accuracy"], "n": ev["clean"]["n"]}
+    if "clean_whole_test_set" in ev:
+        whole = ev["clean_whole_test_set"]
+        out["clean_whole_test_set"] = {"accuracy": whole["accuracy"], "n": whole["n"]}
+    for name in ("pgd_trades", "aa"):
+        if name in ev.get("attacks", {}):
+            out[name] = ev["attacks"][name]["accuracy"]
+    if "sanity" in ev:
+        out["sanity_passed"] = bool(ev["sanity"].get("passed"))
+    return out
+
+
 def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dict[str, Any]:
-    """The machine-readable ``grid.json``: every cell with its status and timings."""
+    """The machine-readable ``grid.json``: every cell with its status, timings and (once
+    evaluated) headline numbers (:func:`cell_summary`)."""
     cells = []
     for cell in grid.cells:
         timing = cell_timing(grid, cell)
+        cell_status = status(grid, cell, which)
+        summary = cell_summary(grid, cell, which) if cell_status == DONE else {}
         cells.append({"id": cell.id, "kind": cell.kind, "dataset": cell.dataset,
                       "student": cell.student, "method": cell.method, "row": cell.row,
                       "options": dict(cell.config.method_options) if cell.config else None,
                       "spec": cell.spec, "run": f"runs/{cell.id}",
-                      "status": status(grid, cell, which),
+                      "status": cell_status,
                       "in_this_run": selected is None or cell.id in selected,
-                      **{k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing}})
+                      **{k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing},
+                      **({"results": summary} if summary else {})})
     counts: dict[str, int] = {}
     totals: dict[str, dict[str, float]] = {}
     for c in cells:
