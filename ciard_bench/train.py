@@ -10,13 +10,16 @@ optimiser, scaler and adaptive method state is in the checkpoint.
 A stop can be requested from outside the loop (a signal handler: ``STOP.set()``): the loop
 looks at the flag once per step, between steps, so it saves at the next step boundary --
 never from inside a step -- and returns ``{"interrupted": ...}``; ``--resume`` continues
-from that step. The SLURM launcher sets it on the preemption / time-limit signal.
+from that step. The SLURM launcher sets it on the preemption / time-limit signal, and the
+command line on TERM, USR1 and USR2 (:mod:`ciard_bench.signals`): it then exits with status
+128 + the signal's number after saving.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -39,6 +42,7 @@ from .faults import kill_point
 from .methods import get_method, list_methods
 from .runs import RunDir, check_writable
 from .schedules import get_schedule
+from .signals import stop_on_signals
 from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("ciard_bench.train")
@@ -337,7 +341,17 @@ def _main(argv: list[str] | None) -> int:
             print(f"{name:10s} {cls.description} [{cls.paper}]")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    result = train(config_from_args(args), resume=args.resume)
+    cfg = config_from_args(args)
+    STOP.clear()
+    with stop_on_signals(STOP) as received:   # TERM / USR1 / USR2: save at the next step
+        result = train(cfg, resume=args.resume)
+    STOP.clear()
+    if result and "interrupted" in result:
+        where = result["interrupted"]
+        name = signal.Signals(received[0]).name if received else "a stop request"
+        print(f"stopped by {name}: saved at epoch {where['epoch']} step {where['step']} in "
+              f"{where['out']}; rerun with --resume to continue", file=sys.stderr)
+        return 128 + received[0] if received else 1
     if result:   # rank 0 (or a single process)
         print(f"done: last {result['last']}, best {result['best']} -> {result['config']['out']}")
     return 0

@@ -150,6 +150,43 @@ def test_a_stop_request_saves_at_the_next_step_boundary_and_resume_is_exact(
     assert strip(log_a) == strip(log_b) and len(log_a) == 2
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_the_cli_saves_on_term_or_usr1_and_resumes_exactly(tmp_path, teachers, monkeypatch, capsys,
+                                                           sig):
+    # the real handlers of `python -m ciard_bench.train` (ciard_bench.signals): a signal
+    # inside step 2 saves at epoch 1 step 2, exits 128 + signal, and --resume ends as a
+    # straight run; the previous handler is back afterwards
+    engine.train(cfg_for(tmp_path / "straight", teachers))
+    real_step, real_average, steps = engine.train_step, engine.average_gradients, [0]
+
+    def step(*args, **kwargs):
+        steps[0] += 1
+        return real_step(*args, **kwargs)
+
+    def average(*args, **kwargs):
+        if steps[0] == 2:
+            steps[0] += 100                       # once
+            os.kill(os.getpid(), sig)
+        return real_average(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", step)
+    monkeypatch.setattr(engine, "average_gradients", average)
+    before = signal.getsignal(sig)
+    argv = ["--method", "ciard", "--dataset", "digits", "--n-train", "48", "--n-test", "16",
+            "--student", "resnet8", "--clean-teacher", teachers["clean"], "--robust-teacher",
+            teachers["robust"], "--epochs", "2", "--batch-size", "16", "--attack-steps", "2",
+            "--eval-batch-size", "16", "--seed", "3", "--itt-start-epoch", "1",
+            "--out", str(tmp_path / "stopped")]
+    assert engine.main(argv) == 128 + sig
+    assert signal.getsignal(sig) == before and not engine.STOP.is_set()
+    err = capsys.readouterr().err
+    assert f"stopped by {signal.Signals(sig).name}: saved at epoch 1 step 2" in err
+    assert "--resume" in err
+    monkeypatch.undo()
+    assert engine.main(argv + ["--resume"]) == 0
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "stopped"))
+
+
 def _teacher_params(path):
     from ciard_bench.checkpoint import load_checkpoint
     return load_checkpoint(path)["state_dict"]
