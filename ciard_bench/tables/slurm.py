@@ -54,6 +54,7 @@ from .. import train as engine
 from ..checkpoint import atomic_write_json
 from ..errors import UserError, quiet_third_party_warnings
 from ..runs import RunDir
+from ..signals import stop_on_signals
 from . import launchers, runner, store
 from .grid import Cell, Grid
 
@@ -208,19 +209,9 @@ class CellJob(submitit.helpers.Checkpointable):
         submitit's handler (which exits), and TERM fails the job."""
         usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         submitit_handler = signal.getsignal(usr)     # checkpoint(), requeue, exit
-        received: list[int] = []
-
-        def request_stop(signum: int, frame: Any) -> None:   # no logging: it may hold a lock
-            received.append(signum)
-            engine.STOP.set()
-
         engine.STOP.clear()
-        previous = {sig: signal.signal(sig, request_stop) for sig in (usr, signal.SIGTERM)}
-        try:
+        with stop_on_signals(engine.STOP, (usr, signal.SIGTERM)) as received:
             outcome = runner.run_task(self.grid, cell, "train", self.which)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         if not received or store.train_state(self.grid, cell) == store.DONE or "error" in outcome:
             return outcome                           # (a signal after the last step: done)
         name = signal.Signals(received[0]).name
