@@ -159,12 +159,12 @@ _CPU_ATTACKS = {"pgd_sat": {"alpha": 4 / 255}, "pgd_trades": {"alpha": 0.006},
                 "aa": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_iter": 10,
                        "apgd_n_restarts": 1}}
 
-# The smoke's two savings over the cpu study's cells (~13 % of its CPU time; without them it
-# took 15 min 47 s on a quiet 2-core machine):
+# The smoke's two savings over the cpu study's cells (20 % of its CPU time: 13 min 2 s instead
+# of 15 min 47 s on a quiet 2-core machine, results/README.md):
 # * the per-epoch evaluation (best-epoch choice) runs from epoch 4 on, except in the CIARD
 #   cell whose training curves are the figure: in all 82 cells of the cpu study and the
 #   earlier smoke, the best epoch was 4, 5 or 6, so the same checkpoints are chosen and the
-#   smoke's numbers stay those of the cpu study's seed 0 (a test holds this);
+#   smoke's numbers stay those of the cpu study's seed 0 (tests/test_committed_results.py);
 # * AutoAttack's APGD-T runs on the 3 most likely wrong classes instead of 9 (its first
 #   three targets; the captions say so): the AA column may be a little weaker than the cpu
 #   study's.
