@@ -2,7 +2,8 @@
 
 ``python -m ciard_bench.train``'s arguments, trained through ``train()`` with a stop flag
 that only rank 1 sets, during its own step 2 (as if only its process got the signal).
-Each rank prints ``{"rank": ..., "interrupted": ...}`` as its last line.
+Each rank writes ``{"rank": ..., "interrupted": ...}`` to ``<out>.rank<R>.json`` (its own
+file: two ranks printing to torchrun's one stdout can run their lines together).
 """
 import json
 import os
@@ -24,6 +25,8 @@ def step(*args, **kwargs):
 
 
 engine.train_step = step
-result = engine.train(config_from_args(engine.build_parser("standard").parse_args(sys.argv[1:])),
-                      stop=stop)
-print(json.dumps({"rank": int(os.environ["RANK"]), "interrupted": result.get("interrupted")}))
+cfg = config_from_args(engine.build_parser("standard").parse_args(sys.argv[1:]))
+result = engine.train(cfg, stop=stop)
+rank = int(os.environ["RANK"])
+with open(f"{cfg.out}.rank{rank}.json", "w") as f:
+    json.dump({"rank": rank, "interrupted": result.get("interrupted")}, f)
