@@ -79,13 +79,17 @@ class TrainConfig:
 RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark", "threads")
 
 
-def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Keys (outside ``RESUME_FREE_KEYS``) whose value differs between a saved run's config
-    and ``now``. A key the saved config lacks was added to :class:`TrainConfig` later: the run
-    used its default, so it counts as that default."""
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, value now)`` for each key (outside ``RESUME_FREE_KEYS``) whose
+    value differs between a saved run's config and ``now``. A key the saved config lacks was
+    added to :class:`TrainConfig` later: the run used its default, so it counts as that."""
     defaults = TrainConfig().to_dict()
-    return [key for key in sorted(set(saved) | set(now)) if key not in RESUME_FREE_KEYS
-            and saved.get(key, defaults.get(key)) != now.get(key)]
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        was = saved.get(key, defaults.get(key))
+        if key not in RESUME_FREE_KEYS and was != now.get(key):
+            out.append((key, was, now.get(key)))
+    return out
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:

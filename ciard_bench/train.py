@@ -84,12 +84,9 @@ def _restore(run: Run, ckpt: dict[str, Any], d: Dist) -> None:
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
-    now = cfg.to_dict()
-    changed = changed_settings(saved, now)
-    if changed:
-        key = changed[0]
-        raise UserError(f"--resume: {key} is {now.get(key)!r} but the run in {out!r} used "
-                        f"{saved.get(key)!r}; accepted: the run's own settings")
+    for key, was, now in changed_settings(saved, cfg.to_dict())[:1]:
+        raise UserError(f"--resume: {key} is {now!r} but the run in {out!r} used "
+                        f"{was!r}; accepted: the run's own settings")
 
 
 def train_step(run: Run, x, y, trainings: list, d: Dist = Dist()) -> dict[str, Any]:
@@ -254,8 +251,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             return _stopped(cfg, epoch, 0, d)
     in_sync = max_param_difference(method, d)
     result = _finish(rundir, cfg, history, device, d, in_sync) if d.is_main else {}
-    barrier(d)
-    teardown(d)
+    teardown(d)   # waits for every rank first
     return result
 
 
@@ -276,8 +272,7 @@ def _stopped(cfg: TrainConfig, epoch: int, step: int, d: Dist) -> dict[str, Any]
     where = f"epoch {epoch} step {step}" if step else f"the end of epoch {epoch}"
     if d.is_main:
         log.warning("stop requested: saved %s at %s; --resume continues from there", cfg.out, where)
-    barrier(d)
-    teardown(d)
+    teardown(d)   # waits for every rank first
     return {"interrupted": {"epoch": epoch, "step": step, "out": cfg.out}}
 
 

@@ -144,6 +144,22 @@ def test_three_seeds_that_separate_are_marked_in_markdown_and_latex(tmp_path):
     assert ciard.split("&")[1].strip() == "\\textbf{90.00 $\\pm$ 0.00}"
 
 
+def test_a_cell_saved_before_a_setting_existed_is_still_done(fixture_store):
+    # a result.json written before TrainConfig had eval_from counts as its default (1): the
+    # curve cell (eval_from 1) is done, a smoke cell (eval_from 4) was trained otherwise
+    grid = fixture_store
+    curves = grid.by_id()["digits/resnet18/ciard/seed0"]
+    sat = grid.by_id()["digits/resnet18/sat/seed0"]
+    for cell, asked in ((curves, 1), (sat, 4)):
+        path = grid.run_dir(cell) / "result.json"
+        config = json.loads(path.read_text())["config"]
+        assert config["eval_from"] == asked
+        atomic_write_json(path, {"config": {k: v for k, v in config.items() if k != "eval_from"}})
+    assert store.status(grid, curves, "best") == store.DONE
+    with pytest.raises(UserError, match="was trained with eval_from=1, the grid now asks for 4"):
+        store.status(grid, sat, "best")
+
+
 def test_marks_need_intervals_that_separate(fixture_store, tmp_path):
     # the same values on 16 points: Wilson intervals of +-20 pp overlap, nothing is marked
     grid = fixture_store

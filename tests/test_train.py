@@ -278,7 +278,7 @@ def test_resume_accepts_a_config_saved_before_a_setting_existed(tmp_path, teache
     now = cfg_for(tmp_path, teachers).to_dict()
     older = {k: v for k, v in now.items() if k != "eval_from"}   # saved before eval_from
     assert changed_settings(older, now) == []
-    assert changed_settings(older, {**now, "eval_from": 4}) == ["eval_from"]
+    assert changed_settings(older, {**now, "eval_from": 4}) == [("eval_from", 1, 4)]
     assert changed_settings({**now, "device": "cuda"}, now) == []   # resume-free key
 
 

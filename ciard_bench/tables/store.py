@@ -105,13 +105,12 @@ def train_state(grid: Grid, cell: Cell) -> str:
 def _check_same_config(grid: Grid, cell: Cell) -> None:
     saved = (read_json(grid.run_dir(cell) / "result.json") or {}).get("config", {})
     now = resolve(cell.config).to_dict()
-    for key in changed_settings(saved, now):
+    for key, was, asked in changed_settings(saved, now):
         # a moved results folder is the same
-        if key in ("clean_teacher", "robust_teacher") and \
-                _in_grid(saved.get(key)) == _in_grid(now.get(key)):
+        if key in ("clean_teacher", "robust_teacher") and _in_grid(was) == _in_grid(asked):
             continue
         raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
-                        f"{key}={saved.get(key)!r}, the grid now asks for {now.get(key)!r}; "
+                        f"{key}={was!r}, the grid now asks for {asked!r}; "
                         "delete that folder or choose another --results-dir")
 
 
