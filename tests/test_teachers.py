@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ciard_bench.errors import UserError
-from ciard_bench.models import create_model, save_model_file
+from ciard_bench.models import create_model, save_model_file, write_random_zoo_file, zoo_dataset
 from ciard_bench.teachers import (DEFAULT_CLEAN_TEACHERS, DEFAULT_ROBUST_TEACHERS,
                                   load_robustbench_teacher, load_teacher, main, robustbench_path)
 
@@ -212,3 +212,33 @@ def test_run_folder_checkpoint_with_wrong_sha_is_refused(tmp_path):
         fh.write(b"tampered")
     with pytest.raises(UserError, match="sha256"):
         load_model_file(run)
+
+
+def test_rb_teacher_with_an_npz_dataset_of_100_classes_loads(tmp_path):
+    # a CIFAR-100 zoo model in the zoo layout (random weights, robustbench's own architecture
+    # and file format), used with an npz: dataset: the zoo's dataset comes from the class count
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    path = write_random_zoo_file("Rice2020Overfitting", "cifar100", tmp_path, images)
+    assert path == tmp_path / "cifar100" / "Linf" / "Rice2020Overfitting.pt"
+    teacher = load_teacher("rb:Rice2020Overfitting", f"npz:{tmp_path / 'c100.npz'}", 100,
+                           model_dir=tmp_path)
+    assert _frozen(teacher)
+    with torch.no_grad():
+        logits = teacher(images)
+    assert logits.shape == (8, 100) and torch.isfinite(logits).all()
+    assert logits.abs().max() < 1e3            # BatchNorm calibrated: no blow-up with depth
+    named = load_teacher("rb:cifar100/Rice2020Overfitting", "npz:x.npz", 100, model_dir=tmp_path)
+    with torch.no_grad():
+        assert torch.equal(named(images), logits)
+
+
+def test_rb_teacher_zoo_dataset_rules():
+    assert zoo_dataset("rb:X", "cifar10", 10) == ("cifar10", "X")
+    assert zoo_dataset("rb:X", "npz:/a/b.npz", 100) == ("cifar100", "X")
+    assert zoo_dataset("rb: cifar100/X", "npz:/a/b.npz", 10) == ("cifar100", "X")
+    with pytest.raises(UserError, match=r"200 classes.*accepted: rb:cifar10/X, rb:cifar100/X"):
+        zoo_dataset("rb:X", "npz:/a/tiny.npz", 200)
+    with pytest.raises(UserError, match="unknown RobustBench dataset 'mnist'"):
+        zoo_dataset("rb:mnist/X", "npz:/a/b.npz", 10)
+    with pytest.raises(UserError, match="names no model"):
+        zoo_dataset("rb:", "cifar10", 10)

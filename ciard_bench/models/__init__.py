@@ -13,10 +13,11 @@ from . import mobilenet, resnet, wide_resnet  # noqa: F401  (registers the archi
 from .io import build_model, load_model_file, load_state_dict_checked, save_model_file
 from .registry import (count_flops, count_parameters, create_model, list_models, model_kwargs,
                        register_model)
-from .teachers import TEACHER_METHODS, load_teacher
-from .zoo import NUM_CLASSES, load_robustbench_teacher, robustbench_path
+from .teachers import TEACHER_METHODS, load_teacher, zoo_dataset
+from .zoo import (NUM_CLASSES, load_robustbench_teacher, robustbench_path,
+                  write_random_zoo_file)
 
 __all__ = ["NUM_CLASSES", "TEACHER_METHODS", "build_model", "count_flops", "count_parameters",
            "create_model", "list_models", "load_model_file", "load_robustbench_teacher",
            "load_state_dict_checked", "load_teacher", "model_kwargs", "register_model",
-           "robustbench_path", "save_model_file"]
+           "robustbench_path", "save_model_file", "write_random_zoo_file", "zoo_dataset"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .._compat import import_robustbench
-from ..checkpoint import load_checkpoint
+from ..checkpoint import create_temporary, load_checkpoint
 from ..errors import UserError, choices_error
 from ..utils import resolve_device
 
@@ -158,3 +158,46 @@ def load_robustbench_teacher(name: str, dataset: str = "cifar10", model_dir: str
         what = " ".join(str(err).split())[:300] or type(err).__name__
         raise UserError(f"robustbench could not load {name!r} from {str(path)!r}: {what}") from err
     return freeze(model, device)
+
+
+def write_random_zoo_file(name: str, dataset: str, model_dir: str | Path, images: torch.Tensor,
+                          seed: int = 0, threat_model: str = "Linf") -> Path:
+    """Save RobustBench's own architecture of ``name`` with random weights where
+    ``robustbench.utils.load_model`` reads it, in the format of robustbench's files (a
+    ``state_dict`` with DataParallel ``module.`` prefixes); returns the path.
+
+    For a rehearsal (nothing downloaded): the real loading code then reads a model of the
+    real size. Initialised by the architecture's own code under ``seed``; then its BatchNorm
+    statistics are those of ``images`` ([0, 1], N x 3 x H x W: one forward in train mode,
+    cumulative average), so a deep random network's logits stay of order one instead of
+    growing with depth in eval mode. Written to a temporary file and renamed.
+    """
+    path = robustbench_path(name, dataset, model_dir, threat_model)
+    entry = _zoo_entry(name, dataset, threat_folder(threat_model))
+    if isinstance(entry["gdrive_id"], list):
+        raise UserError(f"RobustBench model {name!r} is an ensemble of {len(entry['gdrive_id'])} "
+                        "files; a random-weight stand-in is made for single-file models only")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = entry["model"]()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                    # cumulative: the statistics of this one batch
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+                       fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

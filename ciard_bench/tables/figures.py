@@ -19,9 +19,19 @@ from pathlib import Path
 from ..checkpoint import atomic_write_bytes
 from . import store
 from .frames import datasets_of, seed_samples, students_of
-from .grid import Grid, dataset_slug
+from .grid import Grid, dataset_label, dataset_slug
 from .presets import METHOD_LABELS, STUDENT_LABELS
 from .render import DATASET_NAMES
+
+
+def _shown(dataset: str) -> str:
+    """A dataset as a figure's title names it (an npz file by its stem)."""
+    return DATASET_NAMES.get(dataset, dataset_label(dataset))
+
+
+def _file_part(dataset: str) -> str:
+    """A dataset as a figure's file name holds it (an npz file by its stem)."""
+    return dataset_slug(dataset_label(dataset))
 
 
 def _pyplot():  # Agg before pyplot: no display on servers and CI
@@ -75,9 +85,9 @@ def training_curves(grid: Grid, out: Path) -> list[Path]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"CIARD training, {DATASET_NAMES.get(cell.dataset, cell.dataset)} "
+        fig.suptitle(f"CIARD training, {_shown(cell.dataset)} "
                      f"({grid.preset.name} preset)", fontsize=10)
-        written += _save(fig, out / f"fig3_training_{dataset_slug(cell.dataset)}")
+        written += _save(fig, out / f"fig3_training_{_file_part(cell.dataset)}")
     return written
 
 
@@ -106,13 +116,13 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
                 continue
             ax.set_xscale("symlog", linthresh=2)
             ax.set(xlabel="eps (x 1/255)", ylabel="accuracy (%)",
-                   title=f"{STUDENT_LABELS[student]}, {DATASET_NAMES.get(dataset, dataset)}: "
+                   title=f"{STUDENT_LABELS[student]}, {_shown(dataset)}: "
                          f"PGD_SAT against eps, first {points} test points, seed "
                          f"{grid.seeds[0]} ({grid.preset.name})")
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
-            written += _save(fig, out / f"fig_robustness_{student}_{dataset_slug(dataset)}{suffix}")
+            written += _save(fig, out / f"fig_robustness_{student}_{_file_part(dataset)}{suffix}")
     return written
 
 
@@ -153,7 +163,7 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
             plt.close(fig)
             continue
         axes[0][0].legend(fontsize=8)
-        fig.suptitle(f"Spread over seeds, {DATASET_NAMES.get(dataset, dataset)} "
+        fig.suptitle(f"Spread over seeds, {_shown(dataset)} "
                      f"({grid.preset.name} preset)", fontsize=10)
-        written += _save(fig, out / f"fig_seeds_{dataset_slug(dataset)}{suffix}")
+        written += _save(fig, out / f"fig_seeds_{_file_part(dataset)}{suffix}")
     return written

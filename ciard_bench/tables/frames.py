@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..attacks import get_attack
 from . import store
-from .grid import Cell, Grid
+from .grid import Cell, Grid, dataset_label
 from .presets import ABLATIONS, METHOD_LABELS, STUDENT_LABELS
 
 METRICS = ("Clean", "Robust", "W-R")
@@ -100,6 +100,10 @@ def datasets_of(grid: Grid) -> list[str]:
     return list(dict.fromkeys(c.dataset for c in grid.cells))
 
 
+def _labels(datasets: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dataset_label(d) for d in datasets)
+
+
 def _cells(grid: Grid, kind: str, dataset: str, student: str | None, row: str) -> list[Cell]:
     """The cells of one table row, one per seed."""
     return [c for c in grid.cells if c.kind == kind and c.dataset == dataset
@@ -111,8 +115,9 @@ def teacher_table(grid: Grid, which: str) -> Table:
     columns = ["Clean", *(get_attack(a).label for a in TEACHER_COLUMNS[1:])]
     rows, index, samples = [], [], {}
     cells = [c for c in grid.cells if c.kind == "teacher"]
-    for key in dict.fromkeys((c.dataset, c.row) for c in cells):
-        seeds = [c for c in cells if (c.dataset, c.row) == key]
+    for dataset, row_label in dict.fromkeys((c.dataset, c.row) for c in cells):
+        seeds = [c for c in cells if (c.dataset, c.row) == (dataset, row_label)]
+        key = (dataset_label(dataset), row_label)
         row = []
         for attack, column in zip(TEACHER_COLUMNS, columns):
             samples[(key, column)] = seed_samples(grid, seeds, which, attack, "Robust")
@@ -121,7 +126,7 @@ def teacher_table(grid: Grid, which: str) -> Table:
         index.append(key)
     frame = pd.DataFrame(rows, columns=columns,
                          index=pd.MultiIndex.from_tuples(index, names=["dataset", "teacher"]))
-    return Table("table2", "Teachers", frame, TEACHER_COLUMNS[1:], tuple(datasets_of(grid)),
+    return Table("table2", "Teachers", frame, TEACHER_COLUMNS[1:], _labels(datasets_of(grid)),
                  highlight=False, cells=cells, samples=samples)
 
 
@@ -132,7 +137,8 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
     methods = [m for m in METHOD_LABELS if any(c.method == m and c.kind == "student"
                                                  for c in grid.cells)]
     columns = pd.MultiIndex.from_tuples(
-        [(get_attack(a).label, d, m) for a in attacks for d in datasets for m in METRICS],
+        [(get_attack(a).label, dataset_label(d), m) for a in attacks for d in datasets
+         for m in METRICS],
         names=["attack", "dataset", "metric"])
     rows, cells, samples = [], [], {}
     for method in methods:
@@ -142,13 +148,13 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                 seeds = _cells(grid, "student", dataset, student, label)
                 cells += [c for c in seeds if c not in cells]
                 for m in METRICS:
-                    entry = samples[(label, (get_attack(attack).label, dataset, m))] = \
+                    entry = samples[(label, (get_attack(attack).label, dataset_label(dataset), m))] = \
                         seed_samples(grid, seeds, which, attack, m)
                     row.append(_mean(entry))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=columns,
                          index=pd.Index([METHOD_LABELS[m] for m in methods], name="method"))
-    return Table(name, title, frame, attacks, tuple(datasets), student=student, cells=cells,
+    return Table(name, title, frame, attacks, _labels(datasets), student=student, cells=cells,
                  samples=samples)
 
 
@@ -171,7 +177,7 @@ def ablation_table(grid: Grid, which: str) -> Table | None:
     frame = pd.DataFrame(rows, columns=["PGD_TRADES", "Clean", "W-acc"],
                          index=pd.Index(list(ABLATIONS), name="ablation"))
     return Table("table7", "Ablation of CIARD's components", frame, ("pgd_trades",),
-                 (dataset,), student=student, cells=cells, samples=samples)
+                 _labels([dataset]), student=student, cells=cells, samples=samples)
 
 
 def all_tables(grid: Grid, which: str) -> list[Table]:

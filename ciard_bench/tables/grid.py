@@ -78,6 +78,13 @@ def dataset_slug(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
 
 
+def dataset_label(dataset: str) -> str:
+    """How tables, captions and figures name a dataset: ``npz:/a/b/mini.npz`` -> ``mini``
+    (the file's stem: no directory of the user's in a file meant for a paper); any other
+    name as it is."""
+    return Path(dataset[4:]).stem if dataset.startswith("npz:") else dataset
+
+
 def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict,
                    seed: int) -> list[Cell]:
     cells = []
