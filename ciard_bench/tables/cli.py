@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ArgumentParser, cli_main
+from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
-from . import figures, launchers, render, runner, slurm, store
+from . import figures, launchers, rehearsal, rehearsal_report, render, runner, slurm, store
 from .frames import all_tables
 from .grid import build_grid, parse_shard, select_kinds, shard_cells
 from .presets import Preset, get_preset, list_presets
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
                    "<results>/runs/)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and an "
                    "estimate of the compute left; run nothing")
+    p.add_argument("--rehearse", action="store_true", help="every cell through its real code "
+                   "path for a few steps and test points, its cost measured and projected; "
+                   "writes <results>-rehearsal/ (rehearsal.md, rehearsal.json), never results")
+    p.add_argument("--memory-budget", metavar="GB", help="with --rehearse: also name the cells "
+                   "whose projected peak memory exceeds GB, and a setting that fits (24, 40 and "
+                   "80 are always shown)")
     p.add_argument("--render-only", action="store_true", help="train nothing: render the tables "
                    "from what the results folder holds (missing cells are marked)")
     p.add_argument("--shard", help="i/n: run only every n-th cell starting at i (0 <= i < n)")
@@ -245,20 +252,32 @@ def _run(argv: list[str] | None) -> int:
     if devices and args.threads is None:     # the cores shared among the GPU workers
         threads = max(1, usable_cores() // workers)
     torch.set_num_threads(threads)
+    specs = {k: v for k, v in (("clean", args.clean_teacher), ("robust", args.robust_teacher)) if v}
     grid = build_grid(preset, results, datasets=args.dataset, students=args.students,
-                      methods=args.methods,
-                      teacher_specs={k: v for k, v in (("clean", args.clean_teacher),
-                                                       ("robust", args.robust_teacher)) if v},
+                      methods=args.methods, teacher_specs=specs,
                       settings={"device": device, "data_root": args.data_root,
                                 "download": args.download, "model_dir": args.model_dir,
                                 "overrides": changed}, seeds=args.seeds)
-    cells = shard_cells(select_kinds(grid.cells, args.only), shard)
     which = preset.checkpoint
+    if args.dry_run:
+        return _dry_run(grid, shard_cells(select_kinds(grid.cells, args.only), shard), which)
+    real = plan = None
+    if args.rehearse:
+        budgets = _budgets(args.memory_budget)
+        real, (grid, plan) = grid, rehearsal.prepare(grid, rehearsal.folder_for(results), specs)
+        grid.settings["rehearse"]["launcher"] = args.launcher
+        results = grid.results
+        log.info("rehearsal of %s in %s (%s)", preset.name, results, rehearsal.NOTE)
+        if not args.verbose:    # untrained models: skipped sanity checks and the planned stops
+            for name in ("ciard_bench.sanity", "ciard_bench.train"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+    elif args.memory_budget is not None:
+        raise UserError("--memory-budget goes with --rehearse (it reads the rehearsal's "
+                        "measurements); accepted: --rehearse --memory-budget GB")
+    cells = shard_cells(select_kinds(grid.cells, args.only), shard)
     if args.status:
         print("\n".join(slurm.status_lines(grid, which)))
         return 0
-    if args.dry_run:
-        return _dry_run(grid, cells, which)
     summary = {"skipped": len(cells), "trained": 0, "evaluated": 0, "blocked": [],
                "failed": {}, "by_kind": {}}
     if args.launcher == "slurm" and not args.render_only:
@@ -306,7 +325,33 @@ def _run(argv: list[str] | None) -> int:
                   and store.status(grid, c, which) != store.DONE]
     for cid in unfinished:      # its jobs ended without finishing it (failed, cancelled)
         print(f"not done: {cid} (job logs: {results / 'runs' / cid / 'slurm'}; rerun to resubmit)")
+    if real is not None:
+        runs = (store.read_json(results / "grid.json") or {}).get("runs", [])
+        report = rehearsal_report.write_report(real, grid, plan, summary, which,
+                                               sum(r.get("wall_s", 0.0) for r in runs), budgets)
+        counts = report["counts"]
+        print(f"rehearsal: {counts['pass']} of {len(report['cells'])} cells passed, "
+              f"{counts['fail']} failed; projected {report['projected_total_h']:.4g} h on "
+              f"{report['device']} (--dry-run assumes {report['dry_run_total_h']:.4g} h); "
+              f"report: {results / 'rehearsal.md'}")
+        if counts["fail"]:
+            return 1
     return 1 if summary["failed"] or unfinished else 0
+
+
+def _budgets(text: str | None) -> tuple[float, ...]:
+    """The memory budgets of a rehearsal's report: 24, 40, 80 and ``--memory-budget``."""
+    extra = ()
+    if text is not None:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--memory-budget {text!r} is not valid; accepted: a number of GB "
+                            "> 0, e.g. 24, 40 or 80")
+        extra = (value,)
+    return tuple(sorted(set(rehearsal_report.BUDGETS + extra)))
 
 
 def main(argv: list[str] | None = None) -> int:

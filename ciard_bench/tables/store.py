@@ -59,6 +59,7 @@ from ..models import load_model_file, load_teacher
 from ..runs import RunDir
 from ..train import train
 from ..utils import provenance, resolve_device
+from . import rehearsal
 from .grid import Cell, Grid
 from .locks import LOCK_DIR, file_lock
 
@@ -190,7 +191,10 @@ def train_cell(grid: Grid, cell: Cell) -> float:
 def _train_cell(grid: Grid, cell: Cell, resume: bool) -> float:
     before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
     start = time.perf_counter()
-    train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
+    if "rehearse" in grid.settings:     # measured, trained straight, stopped and resumed
+        rehearsal.train_task(grid, cell)
+    else:
+        train(dataclasses.replace(cell.config), resume=resume, progress=False)  # the grid's bar
     seconds = time.perf_counter() - start
     steps = sum(r.get("steps", 0) for r in _log(grid, cell))
     _record_timing(grid, cell, train_s=before + seconds, steps=steps)
@@ -225,6 +229,8 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     source = None
     if any(a.startswith("transfer_") for a in cell.attacks):
         source = _model(grid, grid.by_id()[cell.source], "best", data.num_classes, device)
+    if "rehearse" in grid.settings:     # the passes that project the evaluation at full size
+        rehearsal.eval_passes(grid, cell, model, x, y, device)
     key = eval_key(grid, cell, which)
     out = eval_path(grid, cell, which)
     RunDir(out.parent).clean_temporaries()      # left by a writer killed mid-write
@@ -237,7 +243,7 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
                       aa_state=grid.run_dir(cell) / f"aa-state-{which}.json",
                       overrides=key["overrides"], cache=cache)
     seconds = time.perf_counter() - start
-    if n < len(data.y_test):   # a cheap check that the model learned the whole test set
+    if n < len(data.y_test) and "rehearse" not in grid.settings:  # did it learn the whole set
         result["clean_whole_test_set"] = _clean_accuracy(model, data, p.eval_batch_size, device)
     result.update({"cell": cell.id, "dataset": cell.dataset, "row": cell.row,
                    "checkpoint": which if cell.kind != "teacher" else "best",

@@ -1,0 +1,271 @@
+"""--rehearse: every cell through its real code path, measured and projected, in a folder of
+its own; a failed cell fails alone; the projections against hand computations and against a
+measurement at a batch size they were not fitted on."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ciard_bench.config import TrainConfig, resolve
+from ciard_bench.methods import get_method
+from ciard_bench.tables import main
+from ciard_bench.tables import rehearsal_report as report
+from ciard_bench.tables.measure import LiveBytes, measure_training
+from ciard_bench.utils import resolve_device
+
+
+def _main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def paper_cut(tmp_path_factory):
+    """The paper grid cut to CIFAR-10 (absent here: synthetic stand-in), the MobileNet-V2
+    student, CIARD and RSLAD; its RobustBench teacher absent too (random-weight stand-in)."""
+    root = tmp_path_factory.mktemp("paper")
+    code, out, err = _main("--preset", "paper", "--rehearse", "--dataset", "cifar10",
+                           "--students", "mobilenet_v2", "--methods", "ciard,rslad",
+                           "--results-dir", str(root / "results" / "paper"),
+                           "--data-root", str(root / "data"), "--model-dir",
+                           str(root / "models"), "--memory-budget", "0.5", "--workers", "1")
+    folder = root / "results" / "paper-rehearsal"
+    return root, folder, code, out, err, json.loads((folder / "rehearsal.json").read_text())
+
+
+def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
+    root, folder, code, out, err, rep = paper_cut
+    assert code == 0, out + err
+    ids = [c["id"] for c in rep["cells"]]
+    assert ids == ["cifar10/teachers/clean/seed0", "cifar10/teachers/robust/seed0",
+                   "cifar10/mobilenet_v2/rslad/seed0", "cifar10/mobilenet_v2/ciard/seed0"]
+    assert rep["counts"] == {"pass": 4, "fail": 0, "not run": 0}
+    assert "rehearsal: 4 of 4 cells passed" in out
+    assert "synthetic" in rep["stand_ins"]["datasets"]["cifar10"]
+    assert "random weights" in rep["stand_ins"]["teachers"]["rb:Zhang2019Theoretically"]
+    assert (folder / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt").is_file()
+    assert not (root / "models").exists() and not (root / "results" / "paper").exists()
+    cells = {c["id"]: c for c in rep["cells"]}
+    for cid in ("cifar10/teachers/clean/seed0", "cifar10/mobilenet_v2/ciard/seed0"):
+        c = cells[cid]
+        assert c["steps"] == 4                                  # 2 epochs of 2 steps
+        assert c["stopped_at"] == {"epoch": 2, "step": 1}       # mid-epoch
+        assert c["resume"]["exact"] and c["resume"]["tensors_compared"] > 10
+        step = c["projection"]["step"]
+        assert step["batch"] == 128 and step["s"] > 0
+        assert step["peak_bytes"] > step["state_bytes"] > 0
+        # the step's memory is deterministic: the line through batch 2 and 4 holds at 8
+        assert abs(step["memory_check"]["error_pct"]) < 10
+        assert math.isfinite(step["time_check"]["error_pct"])
+        assert c["projection"]["steps"] == math.ceil(50000 / 128) * (
+            200 if "teachers" in cid else 300)
+        assert set(c["projection"]["budgets"]) == {"0.5", "24", "40", "80"}
+    ciard = cells["cifar10/mobilenet_v2/ciard/seed0"]
+    measured = json.loads((folder / "runs" / "npz-cifar10-synthetic" / "mobilenet_v2" / "ciard" /
+                           "seed0" / "rehearsal.json").read_text())["measured"]
+    assert measured["itt"] and measured["epoch"] == 300         # ITT on, at the real epoch
+    assert ciard["projection"]["budgets"]["24"]["fits"]
+    assert not ciard["projection"]["budgets"]["0.5"]["fits"]    # a WRN-34-10 teacher trains
+    robust = cells["cifar10/teachers/robust/seed0"]
+    assert "step" not in robust["projection"] and robust["projection"]["eval_s"] > 0
+    transfer = ciard["projection"]["attacks"]["transfer_cw_inf"]
+    assert transfer["passes"] == {"gradient": 0.0, "forward": 1.0, "source": 30.0}
+    assert ciard["projection"]["eval_points"] == 10000
+    assert rep["projected_total_h"] > 0 and rep["dry_run_total_h"] > 0
+    md = (folder / "rehearsal.md").read_text()
+    assert all(f"`{cid}`" in md for cid in ids) and "rehearsal — not results" in md
+
+
+def test_rehearsal_tables_say_so_and_name_an_npz_dataset_by_its_stem(paper_cut):
+    root, folder, *_ = paper_cut
+    tables = sorted(folder.glob("table*.md")) + sorted(folder.glob("table*.tex"))
+    assert len(tables) >= 8
+    for path in tables:
+        text = path.read_text()
+        assert "rehearsal — not results".upper() in text.upper(), path.name
+        assert "cifar10-synthetic" in text and "npz:" not in text and str(root) not in text
+    assert all("synthetic" in p.name or "cifar10" not in p.name for p in folder.glob("fig*.png"))
+    assert not any(str(root) in p.name or "npz" in p.name for p in folder.glob("fig*"))
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+
+
+GRID = ["--preset", "smoke", "--students", "resnet18", "--epochs", "1", "--teacher-epochs", "1",
+        "--n-train", "64", "--n-test", "8", "--n-examples", "8", "--sanity-examples", "4",
+        "--no-figures"]
+SMOKE = [*GRID, "--workers", "1"]
+
+
+def test_the_real_results_folder_is_untouched_and_a_real_run_after_is_unaffected(tmp_path):
+    results = tmp_path / "smoke"
+    code, out, err = _main(*SMOKE, "--methods", "sat", "--results-dir", str(results))
+    assert code == 0, out + err
+    before = _hashes(results)
+    code, out, err = _main(*SMOKE, "--methods", "sat", "--results-dir", str(results),
+                           "--rehearse")
+    assert code == 0, out + err
+    assert _hashes(results) == before                       # not one byte of it changed
+    assert (tmp_path / "smoke-rehearsal" / "rehearsal.json").is_file()
+    code, out, err = _main(*SMOKE, "--methods", "sat", "--results-dir", str(results))
+    assert code == 0 and "trained 0, evaluated 0" in out    # all done: nothing rerun
+    own = ("grid.json", "launcher.json")                     # each real invocation's own
+    assert {k: v for k, v in _hashes(results).items() if k not in own} == \
+        {k: v for k, v in before.items() if k not in own}
+
+
+def test_a_planted_failure_fails_its_cells_alone_with_one_line(tmp_path, monkeypatch):
+    def broken(self, x, y):
+        raise RuntimeError("planted failure inside the RSLAD step")
+
+    monkeypatch.setattr(get_method("rslad"), "forward", broken)
+    results = tmp_path / "cpu"
+    code, out, err = _main("--preset", "cpu", "--seeds", "1", *SMOKE[2:], "--methods",
+                           "sat,rslad,ciard", "--results-dir", str(results), "--rehearse",
+                           "--clean-teacher", str(tmp_path / "nope.pt"))
+    assert code == 1
+    rep = json.loads((tmp_path / "cpu-rehearsal" / "rehearsal.json").read_text())
+    status = {c["id"]: c for c in rep["cells"]}
+    assert {k for k, c in status.items() if c["status"] == "pass"} == {
+        "digits/teachers/robust/seed0", "digits/resnet18/sat/seed0"}
+    clean, rslad = status["digits/teachers/clean/seed0"], status["digits/resnet18/rslad/seed0"]
+    assert "nope.pt" in clean["error"] and Path(clean["traceback"]).is_file()
+    assert "planted failure inside the RSLAD step" in rslad["error"]
+    assert Path(rslad["traceback"]).is_file()
+    # CIARD and its ablations distil from the missing teacher: failed, naming it
+    for cid in ("digits/resnet18/ciard/seed0", "digits/resnet18/ciard-no_itt-no_push/seed0",
+                "digits/resnet18/ciard-no_push/seed0"):
+        assert status[cid]["status"] == "fail"
+        assert "digits/teachers/clean/seed0" in status[cid]["error"]
+    assert all("\n" not in c.get("error", "") for c in status.values())
+    assert "rehearsal: 2 of 7 cells passed, 5 failed" in out
+
+
+def test_memory_budget_needs_rehearse_and_a_positive_number(tmp_path):
+    code, out, err = _main(*SMOKE, "--results-dir", str(tmp_path / "r"), "--memory-budget", "24")
+    assert code == 2 and "--memory-budget goes with --rehearse" in err
+    code, out, err = _main(*SMOKE, "--results-dir", str(tmp_path / "r"), "--rehearse",
+                           "--memory-budget", "-3")
+    assert code == 2 and "--memory-budget '-3' is not valid" in err
+
+
+def test_line_and_budget_against_hand_computations():
+    assert report.line({"2": 5.0, "4": 9.0}) == (1.0, 2.0)
+    step = {"batch": 128, "peak_bytes": 30e9, "state_bytes": 10e9, "activation_bytes": 20e9,
+            "activation_bytes_per_point": 20e9 / 128}
+    assert report.fit_budget(step, 40) == {"fits": True}
+    # 24 GB: bf16 alone gives 10 + 20 / 2 = 20 GB
+    assert report.fit_budget(step, 24) == {"fits": False, "setting": "--amp bf16",
+                                           "projected_gb": pytest.approx(20.0)}
+    # 16 GB: two processes (10 + 10 = 20) no, two in bf16 (10 + 5 = 15) yes
+    got = report.fit_budget(step, 16)
+    assert got["setting"] == "--amp bf16 + 2 processes per cell (batch 64 each)"
+    assert got["projected_gb"] == pytest.approx(15.0)
+    # 13 GB: four processes in bf16 (10 + 2.5)
+    assert report.fit_budget(step, 13)["setting"] == \
+        "--amp bf16 + 4 processes per cell (batch 32 each)"
+    assert report.fit_budget(step, 8)["setting"].startswith("none: the model state alone")
+
+
+def test_attack_passes_follow_the_protocol():
+    aa = report.attack_passes("aa", 8 / 255, 100, {})
+    # standard: APGD-CE 100 x 1 restart, APGD-T and FAB-T 100 x 9 targets, Square 5000 queries
+    assert aa == {"gradient": 100 + 900 + 900, "forward": 1 + 5000, "source": 0.0}
+    assert report.attack_passes("pgd_sat", 8 / 255, 10, {})["gradient"] == 20
+    assert report.attack_passes("square", 8 / 255, 10, {})["forward"] == 101
+    custom = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_iter": 10,
+              "apgd_n_restarts": 1, "n_target_classes": 3}
+    assert report.attack_passes("aa", 16 / 255, 10, custom)["gradient"] == 10 + 30
+
+
+def test_live_bytes_counts_what_is_alive_and_its_peak():
+    x = torch.zeros(1000)                                   # 4000 bytes, given at the start
+    with LiveBytes([x]) as tracker:
+        a = torch.ones(2000)                                # + 8000 -> 12000
+        del a                                               # freed -> 4000
+        b = torch.ones(500) * 2                             # + 2000 (ones) + 2000 (product)
+    assert tracker.peak == 12000
+    assert tracker.live == 4000 + 2000                      # x and b (the ones freed)
+    del b
+
+
+def test_training_step_memory_projects_to_a_batch_not_fitted():
+    # a real step (SAT on the tiny ResNet, digits) on this CPU: memory at batch 2 and 4
+    # gives a line that must hold at 8 (deterministic); the time's check is stated
+    cfg = resolve(TrainConfig(method="sat", dataset="digits", student="resnet18_tiny",
+                              student_kwargs={"width": 8}, epochs=6, batch_size=32,
+                              attack_steps=3))
+    measured = measure_training(cfg, resolve_device("cpu"))
+    step = report.step_projection(measured)
+    assert measured["fit"] == [2, 4] and measured["check"] == [8]
+    assert abs(step["memory_check"]["error_pct"]) < 5
+    assert step["memory_check"]["measured"] == measured["batch"]["8"]["peak_bytes"]
+    assert step["peak_bytes"] > measured["batch"]["8"]["peak_bytes"]     # batch 32 > 8
+    assert math.isfinite(step["time_check"]["error_pct"]) and step["s"] > 0
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM's sbatch is not on PATH "
+                    "(.ci/slurm-start starts a single-node SLURM; CI runs this test)")
+def test_a_rehearsal_through_slurm_submits_requeues_one_cell_and_reports(tmp_path):
+    results = tmp_path / "smoke"
+    folder = tmp_path / "smoke-rehearsal"
+    clean = folder / "runs" / "digits" / "teachers" / "clean" / "seed0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciard_bench.tables", *GRID, "--methods", "sat", "--rehearse",
+         "--launcher", "slurm", "--wait", "--results-dir", str(results)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        # the first trained cell stops itself with the job's USR2 inside epoch 2, saves,
+        # requeues; a requeued job waits ~2.5 min for its begin time: let it start now
+        end = time.monotonic() + 240
+        while "stopped" not in _record(clean):
+            assert time.monotonic() < end and proc.poll() is None, "no stop recorded"
+            time.sleep(0.5)
+        job = json.loads((clean / "slurm.json").read_text())["train"]["job_id"]
+        while subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                             text=True, timeout=30).stdout.strip() != "PENDING":
+            assert time.monotonic() < end, "the stopped job was not requeued"
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True,
+                       timeout=30)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "rehearsal: 3 of 3 cells passed" in out
+    record = _record(clean)
+    assert {k: record["stopped"][k] for k in ("epoch", "step")} == {"epoch": 2, "step": 1}
+    assert record["resumed"]["exact"]
+    logs = "".join(p.read_text() for p in (clean / "slurm").glob("*_log.err"))
+    assert "interrupted; requeued" in logs and "resuming" in logs
+    rep = json.loads((folder / "rehearsal.json").read_text())
+    assert all(c["projection"].get("total_s", 0) > 0 for c in rep["cells"])
+    assert not results.exists()
+
+
+def _record(run: Path) -> dict:
+    try:
+        return json.loads((run / "rehearsal.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
