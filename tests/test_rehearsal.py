@@ -39,13 +39,13 @@ def _main(*argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def paper_cut(tmp_path_factory):
     """The paper grid cut to CIFAR-10 (absent here: synthetic stand-in), the MobileNet-V2
-    student, CIARD and RSLAD; its RobustBench teacher absent too (random-weight stand-in)."""
+    student, CIARD and SAT; its RobustBench teacher absent too (random-weight stand-in)."""
     root = tmp_path_factory.mktemp("paper")
     code, out, err = _main("--preset", "paper", "--rehearse", "--dataset", "cifar10",
-                           "--students", "mobilenet_v2", "--methods", "ciard,rslad",
+                           "--students", "mobilenet_v2", "--methods", "sat,ciard",
                            "--results-dir", str(root / "results" / "paper"),
                            "--data-root", str(root / "data"), "--model-dir",
-                           str(root / "models"), "--memory-budget", "0.5", "--workers", "1")
+                           str(root / "models"), "--memory-budget", "0.5")
     folder = root / "results" / "paper-rehearsal"
     return root, folder, code, out, err, json.loads((folder / "rehearsal.json").read_text())
 
@@ -55,7 +55,7 @@ def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
     assert code == 0, out + err
     ids = [c["id"] for c in rep["cells"]]
     assert ids == ["cifar10/teachers/clean/seed0", "cifar10/teachers/robust/seed0",
-                   "cifar10/mobilenet_v2/rslad/seed0", "cifar10/mobilenet_v2/ciard/seed0"]
+                   "cifar10/mobilenet_v2/sat/seed0", "cifar10/mobilenet_v2/ciard/seed0"]
     assert rep["counts"] == {"pass": 4, "fail": 0, "not run": 0}
     assert "rehearsal: 4 of 4 cells passed" in out
     assert "synthetic" in rep["stand_ins"]["datasets"]["cifar10"]

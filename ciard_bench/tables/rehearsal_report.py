@@ -158,46 +158,53 @@ def _sizes(cfg: Any) -> tuple[int, int]:
 def cell_projection(real: Grid, grid: Grid, cell: Cell, real_cell: Cell,
                     records: dict[str, dict]) -> dict[str, Any]:
     """Seconds the real cell will take on the rehearsal's device (module docstring)."""
-    p, record = real.preset, records[cell.id]
-    out: dict[str, Any] = {"train_s": 0.0, "epoch_eval_s": 0.0}
-    eval_batch = p.eval_batch_size
+    record, eval_batch = records[cell.id], real.preset.eval_batch_size
     own = _per_point(record.get("passes"), eval_batch)
-    classes = 10
+    out: dict[str, Any] = {"train_s": 0.0, "epoch_eval_s": 0.0}
     if real_cell.trained and "measured" in record:
         cfg = resolve(real_cell.config)
         step = step_projection(record["measured"])
         n_train, n_test_all = _sizes(cfg)
         steps = math.ceil(n_train / cfg.batch_size) * cfg.epochs
-        out.update(step=step, steps=steps, train_s=steps * step["s"])
         epochs = [e for e in range(1, cfg.epochs + 1) if e == cfg.epochs or (
             e >= cfg.eval_from and e % cfg.eval_every == 0)]
-        points = cfg.n_test or n_test_all
         models = [own] + ([_per_point(records.get(t, {}).get("passes"), eval_batch)
                            for t in cell.needs] if cfg.eval_teachers else [])
-        out["epoch_eval_s"] = len(epochs) * points * sum(
-            m["forward"] + 20 * m["gradient"] for m in models)
-    data_cfg = real_cell.config or next(c.config for c in real.cells if c.dataset == real_cell.dataset
-                                        and c.config)
-    n_train, n_test_all = _sizes(resolve(data_cfg))
+        out.update(step=step, steps=steps, train_s=steps * step["s"],
+                   epoch_eval_s=len(epochs) * (cfg.n_test or n_test_all) * sum(
+                       m["forward"] + 20 * m["gradient"] for m in models))
+    out.update(_evaluation(real, grid, cell, real_cell, records, own))
+    out["total_s"] = out["train_s"] + out["epoch_eval_s"] + out["eval_s"]
+    return out
+
+
+def _evaluation(real: Grid, grid: Grid, cell: Cell, real_cell: Cell, records: dict[str, dict],
+                own: dict[str, float]) -> dict[str, Any]:
+    """The final evaluation's projection: every attack, the clean passes, the sanity checks."""
+    p = real.preset
+    data_cfg = real_cell.config or next(c.config for c in real.cells
+                                        if c.dataset == real_cell.dataset and c.config)
+    _, n_test_all = _sizes(resolve(data_cfg))
     classes = _classes(grid, cell)
     n = min(p.n_examples or n_test_all, n_test_all)
     eps = real_cell.config.eps if real_cell.config else 8 / 255
-    source = _per_point(records.get(cell.source, {}).get("passes"), eval_batch) \
+    source = _per_point(records.get(cell.source, {}).get("passes"), p.eval_batch_size) \
         if cell.source else {}
+    ran = (store.read_json(store.eval_path(grid, cell, p.checkpoint)) or {}).get("attacks", {})
     attacks = {}
     for name in real_cell.attacks:
         k = attack_passes(name, eps, classes, p.attack_overrides.get(name, {}))
         per_point = (k["gradient"] * own["gradient"] + k["forward"] * own["forward"]
                      + (k["source"] * source.get("gradient", math.nan) if k["source"] else 0.0))
-        attacks[name] = {"passes": k, "s": n * per_point}
+        attacks[name] = {"passes": k, "s_per_point": per_point, "s": n * per_point,
+                         "rehearsal": {key: ran.get(name, {}).get(key)
+                                       for key in ("time_s", "n_attacked")}}
     extra = own["forward"] * n + (own["forward"] * n_test_all if n < n_test_all else 0.0)
     if real_cell.kind != "ablation":
         m = min(p.sanity_examples, n)
         extra += m * (SANITY_PASSES[0] * own["gradient"] + SANITY_PASSES[1] * own["forward"])
-    out.update(eval_points=n, attacks=attacks,
-               eval_s=sum(a["s"] for a in attacks.values()) + extra)
-    out["total_s"] = out["train_s"] + out["epoch_eval_s"] + out["eval_s"]
-    return out
+    return {"eval_points": n, "attacks": attacks,
+            "eval_s": sum(a["s"] for a in attacks.values()) + extra}
 
 
 def _classes(grid: Grid, cell: Cell) -> int:
@@ -274,7 +281,7 @@ def _gb(n: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The human-readable report (``rehearsal.md``)."""
-    out = [f"# Rehearsal of the `{report['preset']}` grid — {report['note']}", "",
+    out = [f"# Rehearsal of the `{report['preset']}` grid ({report['note']})", "",
            f"{report['counts']['pass']} of {len(report['cells'])} cells passed, "
            f"{report['counts']['fail']} failed, {report['counts']['not run']} not run; "
            f"wall time {report['wall_s'] / 60:.1f} min on {report['device']}.", "",
@@ -286,6 +293,13 @@ def markdown(report: dict[str, Any]) -> str:
     costly = sorted(report["cells"], key=lambda r: -r["projection"].get("total_s", 0.0))[:5]
     out += ["Costliest cells: " + ", ".join(f"`{r['id']}` {_h(r['projection'].get('total_s'))}"
                                              for r in costly) + ".", ""]
+    for b in report["budgets_gb"]:
+        over = [(r["id"], r["projection"]["budgets"][f"{b:g}"]) for r in report["cells"]
+                if not r["projection"].get("budgets", {}).get(f"{b:g}", {"fits": True})["fits"]]
+        out.append(f"- {b:g} GB: " + ("every trained cell fits." if not over else
+                   f"{len(over)} cells do not fit: " + "; ".join(
+                       f"`{cid}` ({f['setting']})" for cid, f in over) + "."))
+    out.append("")
     heads = " | ".join(f"{b:g} GB" for b in report["budgets_gb"])
     out += [f"| cell | status | steps | rehearsal s (train/eval) | s/step at B | peak at B | "
             f"projected (train + epoch evals + eval) | dry-run | {heads} |",
