@@ -1,4 +1,6 @@
-"""``results/<preset>/index.html``: one page with every table (sortable, each entry's 95 %
+"""``results/<preset>/index.html`` and ``tableN_compact.tex`` (:mod:`.compact`).
+
+``index.html`` is one page with every table (sortable, each entry's 95 %
 interval drawn as a dot and whisker on its column's axis), the figures, the preset's
 reductions stated once, the paper's printed numbers where the folder holds them, and a
 drill-down per cell of the grid.
@@ -22,6 +24,7 @@ from ...web import render_page, whisker
 from ..presets import get_preset
 from ..stats import MARK_RULE
 from .cells import anchor, cell_detail
+from .compact import compact_latex
 from .tables import ReportTable, read_tables
 
 PAGE = "index.html"
@@ -88,14 +91,18 @@ def _figures(results: Path) -> list[dict[str, str]]:
             for p in sorted(results.glob("fig*.png"))]
 
 
-def build_report(results: Path) -> str:
-    """The page's HTML for the results folder ``results``."""
-    results = Path(results)
+def _record(results: Path) -> dict:
     try:
-        record = json.loads((results / "grid.json").read_text())
+        return json.loads((results / "grid.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError) as err:
         raise UserError(f"{str(results)!r} holds no readable grid.json ({err}); run "
                         "python -m ciard_bench.tables first") from err
+
+
+def build_report(results: Path) -> str:
+    """The page's HTML for the results folder ``results``."""
+    results = Path(results)
+    record = _record(results)
     cells = record.get("cells", [])
     reduced = reductions(record)
     which = record.get("checkpoint", "best")
@@ -109,21 +116,31 @@ def build_report(results: Path) -> str:
                        absent=sum(not d["present"] for d in details))
 
 
-def write_report(results: Path) -> Path:
-    """Write ``<results>/index.html`` (atomically) and return its path."""
-    path = Path(results) / PAGE
-    atomic_write_text(path, build_report(results))
-    return path
+def write_report(results: Path) -> list[Path]:
+    """Write ``<results>/index.html`` and every ``tableN_compact.tex`` (atomically); returns
+    their paths."""
+    results = Path(results)
+    record = _record(results)
+    paths = []
+    for table, _ in read_tables(results):
+        paths.append(results / f"{table.name}_compact.tex")
+        atomic_write_text(paths[-1], compact_latex(table, record.get("preset", "?"),
+                                                   reductions(record)))
+    paths.append(results / PAGE)
+    atomic_write_text(paths[-1], build_report(results))
+    return paths
 
 
 def _run(argv: list[str] | None) -> int:
     p = ArgumentParser(prog="python -m ciard_bench.tables.report",
-                       description="Rebuild results/<preset>/index.html from the folder's files "
-                       "(python -m ciard_bench.tables writes it after every render).")
+                       description="Rebuild results/<preset>/index.html and tableN_compact.tex from "
+                       "the folder's files (python -m ciard_bench.tables writes them after "
+                       "every render).")
     p.add_argument("results", nargs="+", help="results folder(s), e.g. results/smoke")
     args = p.parse_args(argv)
     for folder in args.results:
-        print(f"wrote {write_report(Path(folder))}")
+        paths = write_report(Path(folder))
+        print(f"wrote {paths[-1]} and {len(paths) - 1} compact LaTeX tables")
     return 0
 
 
