@@ -16,7 +16,9 @@ from markupsafe import escape
 from test_tables import REDUCED, fake_done, reduced_preset
 
 from ciard_bench.tables import build_grid, get_preset, main
-from ciard_bench.tables.report import build_report, main as report_main, write_report
+from ciard_bench.tables.report import build_report, main as report_main, reductions, write_report
+from ciard_bench.tables.report.compact import compact_latex
+from ciard_bench.tables.report.tables import read_tables
 from ciard_bench.tables.stats import MARK_RULE
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -127,3 +129,7 @@ def test_the_committed_pages_are_current_and_quick_to_build(preset):
     assert page == (RESULTS / preset / "index.html").read_text(), \
         f"rebuild it: python -m ciard_bench.tables.report results/{preset}"
     assert seconds < 10          # issue 22: the page adds at most 10 s to a render
+    record = json.loads((RESULTS / preset / "grid.json").read_text())
+    for table, _ in read_tables(RESULTS / preset):
+        assert compact_latex(table, preset, reductions(record)) == \
+            (RESULTS / preset / f"{table.name}_compact.tex").read_text(), table.name
