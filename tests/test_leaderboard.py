@@ -80,6 +80,14 @@ def test_a_malformed_card_says_why(tmp_path, text, why):
         read_card(path)
 
 
+def test_robustbench_spellings_are_read(tmp_path):
+    path = tmp_path / "Rice2020Overfitting.json"
+    path.write_text(json.dumps({"clean_acc": "88.67", "autoattack_acc": "67.68", "eps": 0.5,
+                                "reported": "N/A", "footnote": None, "dataset": "cifar10"}))
+    row = read_card(path)
+    assert (row["threat"], row["eps"], row["reported"], row["robust"]) == ("L2", "0.5", None, 67.68)
+
+
 def test_no_card_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
     assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "b.html")]) == 2

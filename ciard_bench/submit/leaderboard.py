@@ -16,8 +16,8 @@ Cards are untrusted input. Every field reaches the page through jinja2's autoesc
 paper link is a link only when it is an ``http(s)`` URL (:func:`ciard_bench.web.safe_url`),
 and the page's Content-Security-Policy runs only its own script. A footnote's ``<br>`` (the
 separator RobustBench's cards use) becomes a line break; every other tag stays text. A malformed card (not
-JSON, not an object, a missing or impossible accuracy, a field of the wrong type, over
-1 MB) is skipped with a one-line warning naming its file, so one bad card in a folder of
+JSON, not an object, a missing or impossible clean or robust accuracy, a field of the
+wrong type, over 1 MB; a ``reported`` value that is no number is left out, not an error) is skipped with a one-line warning naming its file, so one bad card in a folder of
 many does not block the rest; no card at all is a one-line error. Nothing from a card is
 used as a path or a command: the page is the one file ``--out`` names.
 """
@@ -37,9 +37,9 @@ from ..web import render_page, safe_url
 
 THREATS = ("Linf", "L2", "corruptions", "corruptions_3d")
 MAX_BYTES = 1 << 20
-_TEXT = ("name", "authors", "venue", "architecture", "footnote", "link", "dataset", "eps",
+_TEXT = ("name", "authors", "venue", "architecture", "footnote", "link", "dataset",
          "threat_model")
-_ACC = ("clean_acc", "autoattack_acc", "corruptions_acc", "reported")
+_ACC = ("clean_acc", "autoattack_acc", "corruptions_acc")
 
 
 class CardError(ValueError):
@@ -93,10 +93,18 @@ def read_card(path: Path) -> dict[str, Any]:
     passes = card.get("number_forward_passes")
     if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int)):
         raise CardError("number_forward_passes is not an integer")
+    eps = card.get("eps")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (str, int, float))):
+        raise CardError("eps is not text or a number")
+    card["eps"] = "" if eps is None else str(eps)
     threat = _threat(path, card)
     robust_key = "corruptions_acc" if threat.startswith("corruptions") else "autoattack_acc"
     row = {key: _percent(card, key, key in ("clean_acc", robust_key)) for key in _ACC}
-    row.update({key: card.get(key) or "" for key in _TEXT})
+    try:    # the paper's own number is shown, never ranked on: text that is no number stays
+        row["reported"] = _percent(card, "reported", False)
+    except CardError:
+        row["reported"] = None
+    row.update({key: card.get(key) or "" for key in (*_TEXT, "eps")})
     row.update({"id": path.stem, "file": str(path), "threat": threat, "robust": row[robust_key],
                 "dataset": card.get("dataset") or path.parent.parent.name or "unknown",
                 "url": safe_url(card.get("link")), "additional_data": card.get("additional_data"),
