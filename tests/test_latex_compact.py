@@ -95,7 +95,7 @@ def _widest(name: str, columns: list[str], index_names: list[str], rows: list[li
     return ReportTable(name, "A title of the table. More.", index_names, columns,
                        [(" / ".join(r), r, [value(("best", "second").__getitem__(i) if i < 2
                                                   else "")] * len(columns))
-                        for i, r in enumerate(rows)], [(0.0, 100.0)] * len(columns))
+                        for i, r in enumerate(rows)], [(0.0, 100.0)] * len(columns), base=name)
 
 
 def test_the_paper_presets_widest_tables_fit(tmp_path):

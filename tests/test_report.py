@@ -116,6 +116,20 @@ def test_the_paper_preset_shows_the_papers_numbers_beside_ours(tmp_path):
     assert '<tr data-row="CIARD / cifar10 / FGSM / Clean">' in cmp and ">85.00<" in cmp
 
 
+def test_a_render_of_the_last_checkpoint_shows_its_own_tables(rendered):
+    grid = build_grid(reduced_preset(), rendered)
+    for cell in grid.cells:
+        if cell.kind == "student" and cell.student == "resnet18" and cell.row == "CIARD":
+            fake_done(grid, cell, 70.0, {a: 30.0 for a in cell.attacks}, which="last", n=200)
+    assert main(["--results-dir", str(rendered), *REDUCED, "--render-only", "--no-figures",
+                 "--checkpoint", "last"]) == 0
+    page = (rendered / "index.html").read_text()
+    assert 'id="table3_last"' in page and 'id="table3"' not in page
+    ciard = re.search(r'<tr data-row="CIARD">.*?</tr>', _table(page, "table3_last"), re.S)[0]
+    assert ">70.00 [" in ciard and 'href="#cell-digits-resnet18-ciard-seed0"' in ciard
+    assert (rendered / "table3_last_compact.tex").is_file()
+
+
 def test_the_report_command_and_its_one_line_error(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -46,6 +46,16 @@ def reductions(record: dict) -> str | None:
     return preset.reductions
 
 
+def table_suffix(record: dict) -> str:
+    """The render's file suffix for the grid's checkpoint: none for the preset's own."""
+    which = record.get("checkpoint", "best")
+    try:
+        default = get_preset(record.get("preset", "")).checkpoint
+    except UserError:
+        default = which
+    return "" if which == default else f"_{which}"
+
+
 def _short_caption(caption: str, reduced: str | None) -> str:
     """The caption without what the page states once: the reductions and the mark rule."""
     if reduced:
@@ -73,9 +83,9 @@ def _table_view(table: ReportTable, reduced: str | None, cells: list[dict]) -> d
     rows = []
     for flat, labels, values in table.rows:
         links = [{"href": "#" + anchor(c["id"]), "title": c["id"],
-                  "text": (_SHORT.get(c["student"], "") if table.name == "table_aa" else "")
+                  "text": (_SHORT.get(c["student"], "") if table.base == "table_aa" else "")
                   + f"s{c['id'].rsplit('seed', 1)[-1]}"}
-                 for c in _row_cells(table.name, labels, cells)]
+                 for c in _row_cells(table.base, labels, cells)]
         entries = [{"value": v, "svg": whisker(v.low, v.mean, v.high, *table.ranges[i],
                                                seeds=v.seeds if len(v.seeds) > 1 else ())}
                    for i, v in enumerate(values)]
@@ -108,7 +118,7 @@ def build_report(results: Path) -> str:
     which = record.get("checkpoint", "best")
     tables = [(_table_view(t, reduced, cells),
                _table_view(cmp, reduced, cells) if cmp else None)
-              for t, cmp in read_tables(results)]
+              for t, cmp in read_tables(results, table_suffix(record))]
     details = [cell_detail(results, c, which) for c in cells]
     return render_page("report.html.j2", preset=record.get("preset", "?"), record=record,
                        reductions=reduced, mark_rule=MARK_RULE, tables=tables,
@@ -122,7 +132,7 @@ def write_report(results: Path) -> list[Path]:
     results = Path(results)
     record = _record(results)
     paths = []
-    for table, _ in read_tables(results):
+    for table, _ in read_tables(results, table_suffix(record)):
         paths.append(results / f"{table.name}_compact.tex")
         atomic_write_text(paths[-1], compact_latex(table, record.get("preset", "?"),
                                                    reductions(record)))

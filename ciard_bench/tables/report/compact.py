@@ -39,7 +39,7 @@ def _columns(table: ReportTable) -> list[tuple[str, str, int]]:
             out.append(("", _label(flat), i))
             continue
         head, group, metric = parts[0], tuple(parts[1:-1]), parts[-1]
-        if table.name == "table_aa":              # (student, dataset, metric)
+        if table.base == "table_aa":              # (student, dataset, metric)
             group, head = (head, *group), "AA"
         name = " ".join(_DATASETS.get(g, g) for g in group)
         if metric == "Clean" and group not in seen:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +40,13 @@ class Value:
 
 @dataclass
 class ReportTable:
-    name: str
+    name: str                          # file stem: table3, table3_last, table3_vs_paper
     caption: str
     index_names: list[str]
     columns: list[str]                 # flattened labels, levels joined by " / "
     rows: list[tuple[str, list[str], list[Value]]]   # (flat label, index values, entries)
     ranges: list[tuple[float, float]]  # per column: the axis of its whiskers
+    base: str = ""                     # the table it is: table3 (for table3_last too)
 
     @property
     def levels(self) -> list[list[tuple[str, int]]]:
@@ -70,15 +72,16 @@ def _cells(line: str) -> list[str]:
 
 def _parse_md(path: Path) -> tuple[str, list[str], list[str], list[list[str]]]:
     lines = path.read_text().splitlines()
-    head = f"**{path.stem}.** "
-    if not lines or not lines[0].startswith(head):
+    # the caption line names the table (table3 also in table3_last.md)
+    head = re.match(r"\*\*[A-Za-z0-9_]+\.\*\* ", lines[0]) if lines else None
+    if head is None:
         raise UserError(f"{str(path)!r} is not a table this package wrote (no caption line)")
     table = [ln for ln in lines[1:] if ln.startswith("|")]
     if len(table) < 2:
         raise UserError(f"{str(path)!r} holds no table")
     n_index = sum(1 for c in _cells(table[1]) if not c.endswith(":"))
     header = _cells(table[0])
-    return (lines[0][len(head):], header[:n_index], header[n_index:],
+    return (lines[0][head.end():], header[:n_index], header[n_index:],
             [_cells(ln) for ln in table[2:]])
 
 
@@ -128,12 +131,17 @@ def read_table(results: Path, name: str) -> ReportTable | None:
     return ReportTable(name, caption, index_names, columns, rows, ranges)
 
 
-def read_tables(results: Path) -> list[tuple[ReportTable, ReportTable | None]]:
-    """Every table the folder holds, each with its comparison to the paper's printed
-    numbers (``<name>_vs_paper.md``, written for the ``paper`` preset) when there is one."""
+def read_tables(results: Path, suffix: str = "") -> list[tuple[ReportTable, ReportTable | None]]:
+    """Every table the folder holds (``<name><suffix>``: the render's suffix for a checkpoint
+    other than the preset's, ``_last``), each with its comparison to the paper's printed
+    numbers (``<name>_vs_paper<suffix>``, written for the ``paper`` preset) when there is one."""
     out = []
     for name in TABLES:
-        table = read_table(results, name)
+        table = read_table(results, name + suffix)
         if table is not None:
-            out.append((table, read_table(results, f"{name}_vs_paper")))
+            compared = read_table(results, f"{name}_vs_paper{suffix}")
+            for t in (table, compared):
+                if t is not None:
+                    t.base = name
+            out.append((table, compared))
     return out
