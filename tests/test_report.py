@@ -147,3 +147,12 @@ def test_the_committed_pages_are_current_and_quick_to_build(preset):
     for table, _ in read_tables(RESULTS / preset):
         assert compact_latex(table, preset, reductions(record)) == \
             (RESULTS / preset / f"{table.name}_compact.tex").read_text(), table.name
+
+
+def test_a_teacher_row_of_an_npz_dataset_links_its_cells():
+    from ciard_bench.tables.report import _row_cells
+
+    cells = [{"id": f"npz-mini/teachers/clean/seed{k}", "kind": "teacher", "row": "T (clean)",
+              "dataset": "npz:/data/x/mini.npz", "student": None} for k in (0, 1)]
+    assert _row_cells("table2", ["mini", "T (clean)"], cells) == cells   # tables name it "mini"
+    assert _row_cells("table2", ["mini", "T (robust)"], cells) == []

@@ -21,6 +21,7 @@ from typing import Any
 from ...checkpoint import atomic_write_text
 from ...errors import ArgumentParser, UserError, cli_main
 from ...web import render_page, whisker
+from ..grid import dataset_label
 from ..presets import get_preset
 from ..stats import MARK_RULE
 from .cells import anchor, cell_detail
@@ -66,7 +67,8 @@ def _short_caption(caption: str, reduced: str | None) -> str:
 def _row_cells(table: str, labels: list[str], cells: list[dict]) -> list[dict]:
     """The grid cells (one per seed) behind a table row."""
     if table == "table2":
-        return [c for c in cells if c["kind"] == "teacher" and [c["dataset"], c["row"]] == labels]
+        return [c for c in cells if c["kind"] == "teacher"
+                and [dataset_label(c["dataset"]), c["row"]] == labels]
     label = labels[-1]
     if table == "table7":
         ablation = [c for c in cells if c["kind"] == "ablation"]
