@@ -122,7 +122,9 @@ def build_report(results: Path) -> str:
                _table_view(cmp, reduced, cells) if cmp else None)
               for t, cmp in read_tables(results, table_suffix(record))]
     details = [cell_detail(results, c, which) for c in cells]
-    return render_page("report.html.j2", preset=record.get("preset", "?"), record=record,
+    return render_page("report.html.j2", preset=record.get("preset", "?"),
+                       counts=record.get("counts") or {}, checkpoint=which,
+                       totals=(record.get("totals") or {}).get("all"),
                        reductions=reduced, mark_rule=MARK_RULE, tables=tables,
                        figures=_figures(results), cells=details,
                        absent=sum(not d["present"] for d in details))
