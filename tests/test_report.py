@@ -131,6 +131,23 @@ def test_a_render_of_the_last_checkpoint_shows_its_own_tables(rendered):
     assert (rendered / "table3_last_compact.tex").is_file()
 
 
+def test_reductions_the_captions_do_not_state_stay_in_them(rendered):
+    # a grid of a changed preset (a rehearsal's): the named preset's reductions are not the
+    # captions', so nothing is cut from them and no other preset's reductions are shown
+    grid = json.loads((rendered / "grid.json").read_text())
+    grid["preset"] = "cpu"
+    (rendered / "grid.json").write_text(json.dumps(grid))
+    paths = write_report(rendered)
+    page = paths[-1].read_text()
+    assert str(escape(get_preset("cpu").reductions)) not in page
+    assert "see each table&#39;s caption" in page or "see each table's caption" in page
+    assert page.count(str(escape(reduced_preset().reductions))) == 7       # in every caption
+    assert "Reductions: see the caption of table3.tex." in (rendered / "table3_compact.tex").read_text()
+    # what the tables command passes is what the page states once
+    page = (write_report(rendered, reduced_preset().reductions))[-1].read_text()
+    assert page.count(str(escape(reduced_preset().reductions))) == 1
+
+
 def test_the_report_command_and_its_one_line_error(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1

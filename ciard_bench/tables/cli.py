@@ -291,7 +291,7 @@ def _run(argv: list[str] | None) -> int:
                   "failed": summary["failed"], "by_kind": summary["by_kind"]}
     store.write_grid(grid, which, {c.id for c in cells}, add_run=record)
     with store.store_lock(results):      # the page reads the grid.json and tables just written
-        written += write_report(results)
+        written += write_report(results, grid.preset.reductions)
     counts = store.grid_record(grid, which)["counts"]
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "

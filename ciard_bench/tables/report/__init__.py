@@ -47,6 +47,14 @@ def reductions(record: dict) -> str | None:
     return preset.reductions
 
 
+def _checked(text: str | None, tables: list) -> str | None:
+    """``text`` if the tables' captions state it (so it can be said once and cut from them),
+    else None: a grid of a changed preset (a rehearsal's) keeps its captions whole."""
+    if text and tables and not any(f" {text}." in t.caption for t, _ in tables):
+        return None
+    return text
+
+
 def table_suffix(record: dict) -> str:
     """The render's file suffix for the grid's checkpoint: none for the preset's own."""
     which = record.get("checkpoint", "best")
@@ -111,16 +119,17 @@ def _record(results: Path) -> dict:
                         "python -m ciard_bench.tables first") from err
 
 
-def build_report(results: Path) -> str:
-    """The page's HTML for the results folder ``results``."""
+def build_report(results: Path, reduced: str | None = None) -> str:
+    """The page's HTML for the results folder ``results``; ``reduced``: the preset's
+    reductions as the captions state them (default: the named preset's, where they match)."""
     results = Path(results)
     record = _record(results)
     cells = record.get("cells", [])
-    reduced = reductions(record)
+    found = read_tables(results, table_suffix(record))
+    reduced = reduced if reduced is not None else _checked(reductions(record), found)
     which = record.get("checkpoint", "best")
     tables = [(_table_view(t, reduced, cells),
-               _table_view(cmp, reduced, cells) if cmp else None)
-              for t, cmp in read_tables(results, table_suffix(record))]
+               _table_view(cmp, reduced, cells) if cmp else None) for t, cmp in found]
     details = [cell_detail(results, c, which) for c in cells]
     return render_page("report.html.j2", preset=record.get("preset", "?"),
                        counts=record.get("counts") or {}, checkpoint=which,
@@ -130,18 +139,20 @@ def build_report(results: Path) -> str:
                        absent=sum(not d["present"] for d in details))
 
 
-def write_report(results: Path) -> list[Path]:
+def write_report(results: Path, reduced: str | None = None) -> list[Path]:
     """Write ``<results>/index.html`` and every ``tableN_compact.tex`` (atomically); returns
-    their paths."""
+    their paths. ``reduced``: the grid's reductions (the tables command passes its preset's;
+    default: the named preset's, where the captions state them)."""
     results = Path(results)
     record = _record(results)
+    found = read_tables(results, table_suffix(record))
+    reduced = reduced if reduced is not None else _checked(reductions(record), found)
     paths = []
-    for table, _ in read_tables(results, table_suffix(record)):
+    for table, _ in found:
         paths.append(results / f"{table.name}_compact.tex")
-        atomic_write_text(paths[-1], compact_latex(table, record.get("preset", "?"),
-                                                   reductions(record)))
+        atomic_write_text(paths[-1], compact_latex(table, record.get("preset", "?"), reduced))
     paths.append(results / PAGE)
-    atomic_write_text(paths[-1], build_report(results))
+    atomic_write_text(paths[-1], build_report(results, reduced))
     return paths
 
 

@@ -101,8 +101,8 @@ def compact_latex(table: ReportTable, preset: str, reductions: str | None) -> st
     note = ("Attack columns: robust accuracy; W-R = (Clean + Robust)/2. Bold/underlined: "
             "the best/second where the 95 \\% intervals separate them (rule and intervals: "
             f"{tex_escape(table.name)}.tex). ")
-    if reductions:
-        note += f"Reductions: {tex_escape(reductions)}."
+    note += (f"Reductions: {tex_escape(reductions)}." if reductions else
+             f"Reductions: see the caption of {tex_escape(table.name)}.tex.")
     lines += [f"\\par\\smallskip\\parbox{{\\linewidth}}{{\\footnotesize {note}}}",
               "\\end{table*}", ""]
     return "\n".join(lines)
