@@ -317,9 +317,12 @@ def test_reduced_smoke_grid_end_to_end(tmp_path):
     for fig in ("fig3_training_digits", "fig_robustness_resnet18_digits",
                 "fig_robustness_mobilenet_v2_digits"):
         assert (tmp_path / f"{fig}.png").is_file() and (tmp_path / f"{fig}.pdf").is_file()
-    before = {p.name: p.read_bytes() for p in [*tmp_path.glob("table*"), tmp_path / "grid.json"]}
+    assert "<h2 id=\"h-table_aa\">" in (tmp_path / "index.html").read_text()   # the report
+    before = {p.name: p.read_bytes() for p in [*tmp_path.glob("table*"), tmp_path / "grid.json",
+                                               tmp_path / "index.html"]}
     assert main(argv) == 0                                   # nothing to do: re-render only
-    after = {p.name: p.read_bytes() for p in [*tmp_path.glob("table*"), tmp_path / "grid.json"]}
+    after = {p.name: p.read_bytes() for p in [*tmp_path.glob("table*"), tmp_path / "grid.json",
+                                              tmp_path / "index.html"]}
     assert after == before
 
 

@@ -22,6 +22,9 @@ submission (exit 2, one line) unless ``--force``; a forced card is marked ``unre
 its footnote names the failures. ``--data`` (``npz:PATH``, ``digits``) takes the test points
 from elsewhere than the leaderboard dataset, for tests; the card then says so, as it does for
 fewer than 10,000 points or another eps.
+
+``python -m ciard_bench.submit leaderboard CARD_DIR... --out FILE`` (:mod:`.leaderboard`)
+builds a static leaderboard page from folders of such cards and RobustBench's own.
 """
 from __future__ import annotations
 

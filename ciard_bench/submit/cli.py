@@ -26,6 +26,7 @@ from ..runs import check_writable, resolve_checkpoint
 from ..utils import parse_eps, positive_int, provenance, resolve_device
 from . import card as cards
 from .issue import issue_text, zoo_entry_text
+from .leaderboard import main as leaderboard_main
 from .zoo import (ACCEPT_TOLERANCE_PP, THREAT, check_name_free, export_weights,
                   register_zoo_entry, roundtrip_clean_accuracy, zoo_weights_path)
 
@@ -235,6 +236,10 @@ def _run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ciard_bench.submit``; a ``UserError`` prints one line and exits 2."""
+    """``python -m ciard_bench.submit``, or ``... submit leaderboard CARD_DIR... --out FILE``
+    (:mod:`.leaderboard`); a ``UserError`` prints one line and exits 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["leaderboard"]:
+        return leaderboard_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return cli_main(_run, argv)

@@ -7,6 +7,7 @@ ones resumed), evaluates each run with :func:`ciard_bench.evaluate.evaluate`, an
     results/<preset>/tableN.{csv,tex,md}   Tables 2-7 and table_aa (AutoAttack)
     results/<preset>/fig*.{png,pdf}        training curves (Fig. 3), robustness curves
     results/<preset>/grid.json             every cell: status, timings
+    results/<preset>/index.html            the report (HTML, offline), and tableN_compact.tex
     results/<preset>/runs/<cell id>/       run folders (git-ignored): config, checkpoints,
                                            log, result, eval-<checkpoint>.json
 
@@ -14,7 +15,8 @@ Modules: ``presets`` (the scales), ``grid`` (cells, sharding), ``store`` (status
 cell), ``runner`` (the loop, the estimate), ``launchers`` (``--devices``, who owns a results
 folder), ``slurm`` (``--launcher slurm``: one submitit job per task), ``frames``
 (DataFrames), ``render`` (CSV, LaTeX, Markdown, captions, the paper's numbers),
-``figures``, ``cli``.
+``figures``, ``report`` (the HTML report and the compact LaTeX, from the written files),
+``cli``.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from . import figures, launchers, rehearsal, rehearsal_report, render, runner, s
 from .frames import all_tables
 from .grid import build_grid, parse_shard, select_kinds, shard_cells
 from .presets import Preset, get_preset, list_presets
+from .report import write_report
 
 log = logging.getLogger("ciard_bench.tables")
 
@@ -308,6 +309,8 @@ def _run(argv: list[str] | None) -> int:
                   "evaluated": summary["evaluated"], "blocked": summary["blocked"],
                   "failed": summary["failed"], "by_kind": summary["by_kind"]}
     store.write_grid(grid, which, {c.id for c in cells}, add_run=record)
+    with store.store_lock(results):      # the page reads the grid.json and tables just written
+        written += write_report(results, grid.preset.reductions)
     counts = store.grid_record(grid, which)["counts"]
     for kind, t in summary["by_kind"].items():
         print(f"timing: {t['cells']:>2} {kind} cells: train {t['train_s']:7.1f} s, "

@@ -106,6 +106,8 @@ def _shown(table: Table, stats: dict[tuple, Entry], tex: bool = False) -> pd.Dat
             return "--"
         if e.seeds > 1:
             return f"{value:.2f}{pm}{e.std:.2f}"
+        if e.seeds == 0:         # a value without samples: the paper's numbers, differences
+            return f"{value:.2f}"
         return f"{value:.2f} [{e.low:.1f}, {e.high:.1f}]"
 
     return pd.DataFrame([[text(r, c) for c in table.frame.columns] for r in table.frame.index],
