@@ -85,8 +85,11 @@ def prepare(real: Grid, folder: Path, teacher_specs: dict | None = None) -> tupl
     s = real.settings
     names = list(dict.fromkeys(c.dataset for c in real.cells))
     datasets, plan = {}, {"datasets": {}, "teachers": {}, "cells": {}}
+    notes = []
     for name in names:
         datasets[name], plan["datasets"][name] = _dataset(name, s["data_root"], folder)
+        notes.append(f"{name}: synthetic images of its size and class count"
+                     if datasets[name] != name else f"{name}: the real data")
     p = real.preset
     small = {"epochs": EPOCHS, "batch_size": BATCH, "n_train": BATCH * STEPS, "n_test": N_TEST}
     teachers = {d: {r: dataclasses.replace(t, train={**t.train, **small}) if t.spec is None else t
@@ -98,7 +101,7 @@ def prepare(real: Grid, folder: Path, teacher_specs: dict | None = None) -> tupl
         sanity_examples=SANITY_EXAMPLES, table_notes={},
         reductions=f"{NOTE.upper()}: every cell of the {p.name} grid for {EPOCHS}x{STEPS} steps "
                    f"of {BATCH} points, evaluated on {N_EXAMPLES} test points; "
-                   + "; ".join(plan["datasets"].values()) + "; the numbers mean nothing")
+                   + "; ".join(notes) + "; the numbers mean nothing")
     students = list(dict.fromkeys(c.student for c in real.cells if c.kind == "student"))
     methods = list(dict.fromkeys(c.method for c in real.cells if c.kind == "student"))
     grid = build_grid(preset, folder, datasets=[datasets[d] for d in names],
