@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .errors import UserError
@@ -80,19 +81,85 @@ def teardown(d: Dist) -> None:
             dist.destroy_process_group()
 
 
-def average_gradients(params: Iterable[Any], d: Dist) -> None:
-    """All-reduce the gradients of ``params`` (one flattened buffer) and divide by world size."""
+def average_gradients(params: Iterable[Any], d: Dist, flags: torch.Tensor | None = None) -> None:
+    """All-reduce the gradients of ``params`` (one flattened buffer) and divide by world size.
+
+    ``flags`` (a small 1-d tensor, e.g. the engine's stop flag) rides in the same all-reduce and
+    is replaced, in place, by its sum over the processes: a per-step agreement at no extra
+    collective."""
     if not d.enabled:
         return
 
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    extra = [] if flags is None else [flags.to(grads[0].dtype if grads else torch.float32)]
+    if not grads and not extra:
         return
-    flat = _flatten_dense_tensors(grads)
+    flat = _flatten_dense_tensors(grads + extra)
     dist.all_reduce(flat)
+    if extra:
+        flags.copy_(flat[flat.numel() - flags.numel():])
+        flat = flat[:flat.numel() - flags.numel()]
     flat.div_(d.world_size)
     for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) with a gradient: the backward sums the incoming gradients over the
+    processes, since every process's loss depends on every process's input."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose train-mode statistics are those of the GLOBAL batch of all
+    processes (``--sync-bn``), on any backend: torch's ``nn.SyncBatchNorm`` runs on CUDA only,
+    and this one is the code the CPU tests check. One all-reduce of the per-channel sums
+    (float64: the variance is E[x^2] - E[x]^2) forward, and one in the backward (the
+    differentiable all-reduce sums the gradients of every process's loss), so averaging the
+    gradients over the processes gives the one-process gradient on the joined batch. In eval
+    mode, or in one process, it is ``BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c, dims = x.shape[1], [0, 2, 3]
+        local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
+                           x.new_full((1,), x.numel() // c, dtype=torch.float64)])
+        total = _SumOverProcesses.apply(local)
+        n = total[-1]
+        mean = total[:c] / n
+        var = total[c:2 * c] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1)).to(self.running_var.dtype))
+        shape = (1, c, 1, 1)
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def global_batch_norm(module: nn.Module) -> nn.Module:
+    """Make every ``BatchNorm2d`` of ``module`` a :class:`GlobalBatchNorm2d`, in place (same
+    parameters, buffers and state-dict keys); returns ``module``. Other norms are an error."""
+    for name, child in module.named_modules():
+        if type(child) is nn.BatchNorm2d:
+            child.__class__ = GlobalBatchNorm2d
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm2d):
+            raise UserError(f"--sync-bn handles BatchNorm2d only, and {name!r} is a {type(child).__name__}")
+    return module
 
 
 def broadcast_state(module: Any, d: Dist, params: bool = True) -> None:
