@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import traceback
 from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -69,6 +72,38 @@ def setup(device_name: str) -> tuple[Dist, str]:
         torch.cuda.set_device(local)
         return Dist(rank, world, local), f"cuda:{local}"
     return Dist(rank, world, local), "cpu"
+
+
+def report_failures(work: Callable[[], int], log_dir: str | None) -> int:
+    """Run one torchrun process's ``work``; an unexpected error becomes ONE line on stderr
+    naming the rank and the error (``rank 1: error: OSError: ...``), its traceback goes to
+    ``<log_dir>/error-rank<R>.log``, and the exit status is 1. A rank whose collective fails
+    because another rank ended (gloo: "Connection closed by peer", at once) says only that,
+    so a run's error is reported once, by the rank that had it. torchrun's agent then ends
+    every rank that is still running (SIGTERM) and prints its own summary."""
+    rank = os.environ.get("RANK", "0")
+    try:
+        return work()
+    except Exception as err:  # noqa: BLE001 - any error ends this rank with one line
+        text = " ".join(str(err).split())
+        if isinstance(err, dist.DistError) or any(s in text for s in _PEER_GONE):
+            print(f"rank {rank}: stopped: another process of this run ended", file=sys.stderr)
+            return 1
+        where = ""
+        if log_dir is not None:
+            try:
+                path = Path(log_dir) / f"error-rank{rank}.log"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(traceback.format_exc())
+                where = f" (traceback: {path})"
+            except OSError:          # the disk that failed may be this one
+                pass
+        print(f"rank {rank}: error: {type(err).__name__}: {text[:300]}{where}", file=sys.stderr)
+        return 1
+
+
+# how gloo reports a collective whose peer process has gone (it raises a plain RuntimeError)
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
 def teardown(d: Dist) -> None:
