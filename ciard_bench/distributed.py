@@ -160,38 +160,50 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose train-mode statistics are those of the GLOBAL batch of all
     processes (``--sync-bn``), on any backend: torch's ``nn.SyncBatchNorm`` runs on CUDA only,
     and this one is the code the CPU tests check. One all-reduce of the per-channel sums
-    (float64: the variance is E[x^2] - E[x]^2) forward, and one in the backward (the
-    differentiable all-reduce sums the gradients of every process's loss), so averaging the
+    forward, and one in the backward (the differentiable all-reduce sums the gradients of
+    every process's loss), so averaging the
     gradients over the processes gives the one-process gradient on the joined batch. In eval
     mode, or in one process, it is ``BatchNorm2d``."""
 
+    alone = False   # True: this formula on this process's batch only (the tests' 1-process twin)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+        sync = dist.is_initialized() and dist.get_world_size() > 1 and not self.alone
+        if not (self.training and (sync or self.alone)):
             return super().forward(x)
-        c, dims = x.shape[1], [0, 2, 3]
-        local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
-                           x.new_full((1,), x.numel() // c, dtype=torch.float64)])
-        total = _SumOverProcesses.apply(local)
+        c, dims, shape = x.shape[1], [0, 2, 3], (1, x.shape[1], 1, 1)
+        n_local = x.numel() // c
+        # this process's mean and squared deviations (two passes, as a batch norm), summed over
+        # the processes as n m and M2 + n m^2 in float64: the global M2 = that sum - N mean^2
+        # loses only float64 digits (E[x^2] - E[x]^2 in float32 loses ~mean^2/var of them)
+        m_local = x.mean(dims)
+        m2_local = ((x - m_local.view(shape)) ** 2).sum(dims).double()
+        m_local = m_local.double()
+        local = torch.cat([n_local * m_local, m2_local + n_local * m_local * m_local,
+                           x.new_full((1,), n_local, dtype=torch.float64)])
+        total = _SumOverProcesses.apply(local) if sync else local
         n = total[-1]
         mean = total[:c] / n
-        var = total[c:2 * c] / n - mean * mean
+        var = (total[c:2 * c] - n * mean * mean) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
                 self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1)).to(self.running_var.dtype))
-        shape = (1, c, 1, 1)
         y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
 
-def global_batch_norm(module: nn.Module) -> nn.Module:
+def global_batch_norm(module: nn.Module, alone: bool = False) -> nn.Module:
     """Make every ``BatchNorm2d`` of ``module`` a :class:`GlobalBatchNorm2d`, in place (same
-    parameters, buffers and state-dict keys); returns ``module``. Other norms are an error."""
+    parameters, buffers and state-dict keys); returns ``module``. Other norms are an error.
+    ``alone``: the same arithmetic on this process's batch only, no collective (what N
+    processes compute, in one: the reference the tests compare them with)."""
     for name, child in module.named_modules():
         if type(child) is nn.BatchNorm2d:
             child.__class__ = GlobalBatchNorm2d
+            child.alone = alone
         elif isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm2d):
             raise UserError(f"--sync-bn handles BatchNorm2d only, and {name!r} is a {type(child).__name__}")
     return module

@@ -3,18 +3,25 @@
 For every registered method (CIARD also with ``mtard_adaptive`` weights and with ITT
 training the robust teacher), one training step with the engine's own ``build`` and
 ``train_step`` (gradient averaging included) on each rank's shard of a global batch of 8,
-and on rank 0 the same step in ONE process on the joined batch; rank 0 writes, per case,
-the largest difference of every gradient (student, and the ITT teacher) relative to the
-gradient's largest element, to ``argv[1]/grads.json``.
+and on rank 0 the same step in ONE process on the joined batch; rank 0 writes, per case and
+per parameter (student, and the ITT teacher), the largest absolute difference of the
+gradients and the largest absolute element of the one-process gradient, to
+``argv[1]/grads.json``.
 
 Modes (``argv[2:]``): ``nobn`` -- a BatchNorm-free student; ``syncbn`` -- BatchNorm students
-and teachers with ``sync_bn`` (global-batch statistics); ``rankbn`` -- BatchNorm with each
+and teachers with ``sync_bn`` (global-batch statistics), against one process whose batch norms
+do the same arithmetic on the joined batch (``global_batch_norm(alone=True)``; how that
+arithmetic compares with torch's own BatchNorm2d is tests/test_distributed_grad.py's
+business); ``rankbn`` -- BatchNorm with each
 process's own statistics (the default), compared with the mean of the one-process gradients
 on each shard alone (what DDP computes), for the methods whose loss has no global statistic.
 
-The attacks' random start is made a function of each image alone (not of the process's
-random stream), so that a sample gets the same start on either rank and in the joined batch;
-everything else is the package's code.
+The joined batch is the ranks' shards interleaved (row j of rank r at 2 j + r), as the
+data loader deals a global batch to the ranks, and every run is seeded alike just before its
+step: each rank draws the attack starts of the whole global batch and keeps its rows, so
+every sample starts where it does in the one process (methods/pgd.py). In ``rankbn`` mode
+the per-shard references cannot draw that way, so there the start is made a function of each
+image alone; everything else is the package's code.
 """
 import json
 import sys
@@ -25,16 +32,22 @@ import torch
 from ciard_bench.build import build
 from ciard_bench.config import TrainConfig, resolve
 from ciard_bench.data import ArrayDataset, make_loader
-from ciard_bench.distributed import Dist, setup, teardown
+from ciard_bench.distributed import Dist, global_batch_norm, setup, teardown
 from ciard_bench.methods import list_methods, pgd as pgd_module
 from ciard_bench.train import train_step
 from ciard_bench.utils import seed_everything
 
 # methods whose step uses no statistic of the whole batch besides BatchNorm (rankbn mode)
 PER_SAMPLE = ("standard", "sat", "trades", "ard", "rslad", "score", "adaad")
+# methods that attack through the student in TRAIN mode: under sync_bn every sample's input
+# gradient then depends on the whole global batch, and PGD's sign() turns a float-order
+# difference in a near-zero element into a full 2/255 step (1 pixel of 24576 here, which
+# moves the gradient by 0.07 to 0.15): under syncbn they attack in eval mode (their own
+# attack_mode switch), and their train-mode attack is compared in nobn mode
+TRAIN_MODE_ATTACK = ("ard", "fair_ard")
 
 
-def _start(x: torch.Tensor, start: str, eps: float, gauss_std: float = 1e-3) -> torch.Tensor:
+def _start(x: torch.Tensor, start: str, eps: float, gauss_std: float = 1e-3, shard=None) -> torch.Tensor:
     """A start that depends on the image only: a fixed pattern of the pixel values."""
     wave = torch.sin(997.0 * x + torch.arange(x[0].numel(), dtype=x.dtype).view_as(x[0]))
     if start == "gauss":
@@ -55,14 +68,20 @@ def _cases(mode: str) -> list[tuple[str, dict]]:
 
 
 def _run(name: str, opts: dict, folder: Path, mode: str, d: Dist):
+    if mode == "syncbn" and name in TRAIN_MODE_ATTACK:
+        opts = {**opts, "attack_mode": "eval"}
     cfg = resolve(TrainConfig(method=name, method_options=opts, dataset="digits", n_train=8,
                               n_test=8, student="resnet8",
                               student_kwargs={"norm": "none"} if mode == "nobn" else {},
                               clean_teacher=str(folder / "t1.pt"), robust_teacher=str(folder / "t2.pt"),
-                              epochs=300, batch_size=8, attack_steps=2, seed=5, device="cpu",
+                              epochs=300, batch_size=8, seed=5, device="cpu",
+                              attack_steps=2,
                               sync_bn=mode == "syncbn", out=str(folder / "unused")))
     seed_everything(cfg.seed)                           # the same initial weights everywhere
     run = build(cfg, torch.device("cpu"), d)
+    if mode == "syncbn" and not d.enabled:              # the one process: the same arithmetic
+        for model in run.method.children():
+            global_batch_norm(model, alone=True)
     trainings = run.method.teacher_trainings()
     for t in trainings:
         for group in run.teacher_optimizers[t.name].param_groups:
@@ -82,7 +101,8 @@ def _grads(run, trainings) -> dict[str, torch.Tensor]:
 
 def _step(name: str, opts: dict, folder: Path, mode: str, d: Dist, shards) -> dict[str, torch.Tensor]:
     _, run, trainings = _run(name, opts, folder, mode, d)
-    x, y = (torch.cat(v) for v in zip(*shards)) if len(shards) > 1 else shards[0]
+    x, y = (torch.stack(v, dim=1).flatten(0, 1) for v in zip(*shards)) if len(shards) > 1 else shards[0]
+    torch.manual_seed(11)                               # the same stream in every run
     train_step(run, x, y, trainings, d)
     return _grads(run, trainings)
 
@@ -101,16 +121,16 @@ def _compare(name: str, opts: dict, folder: Path, mode: str, d: Dist) -> dict | 
     else:
         ref = _step(name, opts, folder, mode, Dist(), shards)
     assert ref.keys() == two.keys(), (sorted(ref), sorted(two))
-    return {k: float((two[k] - ref[k]).abs().max() / ref[k].abs().max().clamp(min=1e-30))
-            for k in ref}
+    return {k: [float((two[k] - ref[k]).abs().max()), float(ref[k].abs().max())] for k in ref}
 
 
 def main(folder: str, modes: list[str]) -> None:
-    pgd_module.random_start = _start
     d, _ = setup("cpu")
     assert d.world_size == 2, "run under torchrun --nproc_per_node=2"
     report: dict[str, dict] = {mode: {} for mode in modes}
     for mode in modes:
+        if mode == "rankbn":
+            pgd_module.random_start = _start
         for name, opts in _cases(mode):
             diffs = _compare(name, opts, Path(folder), mode, d)
             if diffs is not None:

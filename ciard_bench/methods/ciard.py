@@ -145,7 +145,7 @@ class CIARD(Method):
                 return F.cross_entropy(student(xa), y)
         with eval_mode(student):
             return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
-                       start="gauss")
+                       start="gauss", shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         o = self.opts
