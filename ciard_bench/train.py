@@ -158,8 +158,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if d.is_main:
         rundir.clean_temporaries()
         atomic_write_json(rundir.root / "config.json", cfg.to_dict())
-    if d.rank > 0:                     # same initial weights, a different random stream per rank
-        seed_everything(cfg.seed + 1000 * d.rank)
+    # one random stream on every rank: each draws the global batch's attack starts and keeps its
+    # rows (methods/pgd.py), so a sample starts as in one process on the global batch
     method, schedule = run.method, get_schedule(cfg.schedule)
     trainings = method.teacher_trainings()
     start_epoch, start_step, history, best_wr, partial = 1, 0, [], -math.inf, {}
