@@ -154,6 +154,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         _check_resume_config(saved_cfg, cfg, cfg.out)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
+    if d.enabled:
+        log.info("process %d of %d (world size %d) on %s", d.rank, d.world_size, d.world_size, device)
     run = build(cfg, device, d)        # every input is checked before anything is written
     if d.is_main:
         rundir.clean_temporaries()

@@ -57,10 +57,11 @@ from ..errors import UserError
 from ..evaluate import evaluate, predict, wilson
 from ..models import load_model_file, load_teacher
 from ..runs import RunDir
-from ..train import train
+from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from .grid import Cell, Grid
 from .locks import LOCK_DIR, file_lock
+from .procs import train_processes
 
 log = logging.getLogger("ciard_bench.tables")
 DONE, TRAINED, PARTIAL, MISSING, BLOCKED = "done", "trained", "partial", "missing", "blocked"
@@ -190,7 +191,11 @@ def train_cell(grid: Grid, cell: Cell) -> float:
 def _train_cell(grid: Grid, cell: Cell, resume: bool) -> float:
     before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
     start = time.perf_counter()
-    train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
+    procs = grid.settings.get("procs_per_cell", 1)
+    if procs > 1:   # torchrun, under this process's cell lock (tables/procs.py)
+        train_processes(resolve(cell.config), procs, resume, STOP)
+    else:
+        train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
     seconds = time.perf_counter() - start
     steps = sum(r.get("steps", 0) for r in _log(grid, cell))
     _record_timing(grid, cell, train_s=before + seconds, steps=steps)
