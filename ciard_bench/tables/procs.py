@@ -14,12 +14,14 @@ process of the job, and torchrun would die of it); the training processes set th
 handlers. A stop request in the caller (``stop``, set by its own handler) is forwarded to the
 training processes, again every second until they end (a process still starting has no
 handler yet): they save at the next step boundary and end. The caller's death sends torchrun
-SIGTERM, which it passes on (the same save). torchrun's output goes to ``<run>/torchrun.log``.
+SIGTERM, which it passes on (the same save). torchrun's output goes to ``<run>/torchrun.log``;
+the lines that say which process trained (rank, world size) are logged here too.
 """
 from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +34,7 @@ import torch
 
 from ..config import TrainConfig
 
+log = logging.getLogger("ciard_bench.tables")
 FORWARD = signal.SIGUSR1   # what the caller's stop request becomes in the training processes
 
 
@@ -48,17 +51,25 @@ def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={procs}", "-m", "ciard_bench.train", "--config", str(config),
                *(["--resume"] if resume else [])]
-        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-        with open(log_path, "a") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+        # the caller's threads (--threads, a SLURM job's CPUs) shared among the processes
+        threads = max(1, torch.get_num_threads() // procs)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        start = log_path.stat().st_size if log_path.is_file() else 0
+        with open(log_path, "a") as out_file:
+            proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT, env=env,
                                     preexec_fn=_child_setup)
             code = _wait(proc, stop)
+    with open(log_path, errors="replace") as f:   # this launch's part of the log
+        f.seek(start)
+        launched = f.read()
+    for line in launched.splitlines():             # who trained (the job log shows it)
+        if line.startswith(("process ", "resuming ", "stop requested")):
+            log.info("torchrun: %s", line)
     if code == 0:
         return True
     if stop.is_set():
         return False
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
-             if ln.startswith("rank ") or ln.startswith("error:")]
+    lines = [ln.strip() for ln in launched.splitlines() if ln.startswith(("rank ", "error:"))]
     raise RuntimeError(f"training on {procs} processes failed (exit {code}): "
                        f"{' | '.join(lines[-3:]) or 'no error line'} (log: {log_path})")
 
