@@ -6,22 +6,46 @@ the student and of a teacher the method trains (CIARD's ITT) are averaged over p
 after each backward, and rank 0's BatchNorm statistics are broadcast after each step, so
 every rank holds the same weights. Frozen teachers need nothing: each rank loads them.
 
+Exact: every method's step on N processes is its step in one process on the joined global
+batch, up to the order of float additions (``tests/test_distributed_grad.py``, every
+registered method: within 1e-4 of the gradient's largest element, measured <= 5e-5). For
+that, (1) every statistic of the batch a loss or a state update uses is reduced over the
+processes first (:func:`all_reduce_sum_`, one packed buffer per step, through
+``Method.global_means`` / ``Method.global_sums``): the methods' adaptive state (temperatures,
+loss weights, per-class sums and counts) and CIARD's push term (its mean over the push set
+of all processes and its magnitude scale from the global losses); (2) every rank keeps one
+random stream and draws the attack starts of the whole global batch, keeping its own rows
+(``methods/pgd.py``); (3) BatchNorm: by default each process normalises with its own shard's
+statistics, as DDP does (no collective per layer; the batch statistics are those of B/N
+samples, so the step is not the one-process step on B);
+``--sync-bn`` (:class:`GlobalBatchNorm2d`) uses the global batch's statistics, which the
+tables harness turns on for ``--procs-per-cell``. So every rank holds the same state, rank
+0's checkpoint is the whole state, and a resumed run continues the run it was. Each epoch
+the engine records whether all ranks' method buffers equal rank 0's exactly
+(``method_state_equal_on_all_ranks``). In one process nothing is reduced and no operation
+changes.
+
 Why not the ``DistributedDataParallel`` wrapper: a distillation step runs the student many
 times per backward (10 attack forwards whose gradient is taken with respect to the input
 only, then train-mode forwards on x and x' that share one backward). DDP's reducer expects
-one forward per backward and fails ("Expected to have finished reduction in the prior
-iteration"). Averaging flattened gradients with ``all_reduce`` after the backward is the
-arithmetic DDP performs, without that constraint. Only rank 0 evaluates and writes files.
+one forward per backward ("Expected to have finished reduction in the prior iteration").
+The attack could run through the unwrapped module, but the outer step still has two
+train-mode forwards (S(x), S(x')) under one backward, which DDP can only serve as one
+forward of the concatenated batch -- one BatchNorm batch where the released code has two,
+a change of the method. So the engine averages one flattened gradient buffer with
+``all_reduce`` after the backward (the arithmetic DDP performs, without its overlap of
+communication with the backward). What that overlap could save at most, measured with
+``benchmarks/comm_share.py`` (CIARD, ResNet-18-tiny student, resnet8 teachers, global batch
+64, 2 CPU processes on gloo, 1 thread each, beside other jobs at load 5 on 2 cores): 10 %
+and 21 % of a 0.97 s step in collectives on the two ranks (mostly waiting for the slower
+rank), 33 % and 37 % of 1.06 s with ``--sync-bn``. No GPU figure yet.
 
-The methods' adaptive state (CIARD's and B-MTARD's temperatures, MTARD's weights, ABSLD's
-per-class loss sums, Fair-ARD's kappa counts) is computed from the GLOBAL batch: each update
-sums its per-rank statistics over the processes first (:func:`all_reduce_sum_`, one packed
-buffer per update, called by ``Method.global_means`` / ``Method.global_sums``), so every rank
-holds the same method buffers after every step, rank 0's checkpoint is the whole state, and
-a resumed run continues the run it was. Each epoch the engine gathers the method buffers
-of every rank and records in the epoch's log whether all equal rank 0's exactly
-(``method_state_equal_on_all_ranks``; a warning if not). In one process nothing is reduced
-and no operation changes.
+Fail-fast: an exception on one rank ends it with one line naming the rank and the error
+(:func:`report_failures`); its peers' next collective fails at once (gloo: "Connection closed
+by peer") and they say only that, and torchrun's agent ends whatever is left, so the run
+exits non-zero within seconds with the last good checkpoint intact. A stop request (TERM,
+USR1, USR2) on any rank rides in the next step's gradient all-reduce, so every rank saves at
+the same, next step boundary (``ciard_bench.train``). Only rank 0 evaluates and writes files.
 """
 from __future__ import annotations
 
