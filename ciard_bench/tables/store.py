@@ -110,6 +110,8 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
         # a moved results folder is the same
         if key in ("clean_teacher", "robust_teacher") and _in_grid(was) == _in_grid(asked):
             continue
+        if key == "sync_bn":   # 1 process, or several with global BatchNorm: the same step
+            continue
         raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
                         f"{key}={was!r}, the grid now asks for {asked!r}; "
                         "delete that folder or choose another --results-dir")
