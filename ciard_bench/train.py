@@ -10,11 +10,12 @@ optimiser, scaler and adaptive method state is in the checkpoint.
 A stop can be requested from outside the loop (a signal handler: ``STOP.set()``): the loop
 looks at the flag once per step, between steps, so it saves at the next step boundary --
 never from inside a step -- and returns ``{"interrupted": ...}``; ``--resume`` continues
-from that step. Under torchrun a request on any one rank reaches every rank at the same
-step boundary: each step's gradient all-reduce carries every rank's flag (no collective of
-its own; the one host sync per step it needs is on the multi-process path only). The SLURM launcher sets it on the preemption / time-limit signal, and the
-command line on TERM, USR1 and USR2 (:mod:`ciard_bench.signals`): it then exits with status
-128 + the signal's number after saving.
+from that step. Under torchrun a request on any one rank reaches every rank at the same,
+next step boundary: each step's gradient all-reduce carries every rank's flag (no
+collective of its own; the one host sync per step it needs is on the multi-process path
+only). The SLURM launcher sets it on the preemption / time-limit signal, and the command
+line on TERM, USR1 and USR2 (:mod:`ciard_bench.signals`): it then exits with status 128 +
+the signal's number after saving.
 """
 from __future__ import annotations
 
@@ -368,9 +369,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _out_folder(argv: list[str] | None) -> str | None:
+    """The run folder the command line names (``--out``, else its ``--config`` file's)."""
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--out")
-    return pre.parse_known_args(argv)[0].out
+    pre.add_argument("--config")
+    known = pre.parse_known_args(argv)[0]
+    if known.out is None and known.config:
+        try:
+            return load_config_file(known.config).get("out")
+        except UserError:     # the run itself reports a bad config file
+            return None
+    return known.out
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""--launcher slurm --procs-per-cell 2 on a real SLURM (``.ci/slurm-start``), with real training.
+"""--procs-per-cell: its one-line errors and device groups, and --launcher slurm
+--procs-per-cell 2 on a real SLURM (``.ci/slurm-start``), with real training.
 
 A cut grid: given teacher files (so only the student cell trains), SAT, a ResNet-18-tiny
 student, 4 epochs of 8 steps. Its training job runs one task that starts 2 gloo processes
@@ -10,6 +11,7 @@ grid with 2 processes per cell.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,9 +24,9 @@ import torch
 from ciard_bench.models import create_model, save_model_file
 from ciard_bench.tables import main
 
-pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None,
-                                reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
-                                "a single-node SLURM; CI runs these tests)")
+needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
+                                 reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
+                                 "a single-node SLURM; CI runs these tests)")
 
 CELL = "digits/resnet18/sat/seed0"
 TABLES = [f"{t}{ext}" for t in ("table2", "table3", "table5", "table_aa") for ext in (".csv", ".md")]
@@ -59,6 +61,42 @@ def _restore_threads():
     torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--procs-per-cell", "0"], "--procs-per-cell '0' is not a process count"),
+    (["--procs-per-cell", "two"], "--procs-per-cell 'two' is not a process count"),
+    (["--launcher", "slurm", "--procs-per-cell", "4", "--gpus-per-job", "2"],
+     "--procs-per-cell 4 needs --gpus-per-job 4 or more"),
+])
+def test_bad_procs_per_cell_is_one_line(tmp_path, capsys, argv, needle):
+    code = main(["--results-dir", str(tmp_path), "--epochs", "1", "--methods", "sat", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_devices_go_to_the_workers_in_groups_of_procs_per_cell(monkeypatch):
+    """--devices cuda:0..3 --procs-per-cell 2: two workers, each seeing its 2 GPUs (counted
+    within the CUDA_VISIBLE_DEVICES it inherits); a group that repeats a GPU, or a count that
+    does not divide the list, is a one-line error. No GPU is touched."""
+    from ciard_bench.errors import UserError
+    from ciard_bench.tables import launchers, runner
+    devices = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert launchers.device_groups(devices, 2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]
+    assert launchers.device_groups(devices, 1) == devices
+    with pytest.raises(UserError, match="repeats one"):
+        launchers.device_groups(["cuda:0", "cuda:0"], 2)
+    with pytest.raises(UserError, match="does not divide the 4 --devices"):
+        launchers.procs_per_cell("3", devices, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    pool = runner._pool(1, 1, ["cuda:3,cuda:1"])
+    try:
+        seen = pool.submit(os.environ.get, "CUDA_VISIBLE_DEVICES").result(timeout=180)
+    finally:
+        pool.shutdown()
+    assert seen == "7,5"
+
+
+@needs_slurm
 def test_a_two_process_training_job_preempted_mid_epoch_resumes_and_equals_local(tmp_path):
     teachers = []
     for seed in (1, 2):
