@@ -74,6 +74,11 @@ def test_bad_procs_per_cell_is_one_line(tmp_path, capsys, argv, needle):
     assert not (tmp_path / "runs").exists()
 
 
+def _visible_gpus() -> str | None:
+    """In a pool worker: the GPUs it may see."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
 def test_devices_go_to_the_workers_in_groups_of_procs_per_cell(monkeypatch):
     """--devices cuda:0..3 --procs-per-cell 2: two workers, each seeing its 2 GPUs (counted
     within the CUDA_VISIBLE_DEVICES it inherits); a group that repeats a GPU, or a count that
@@ -90,7 +95,7 @@ def test_devices_go_to_the_workers_in_groups_of_procs_per_cell(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     pool = runner._pool(1, 1, ["cuda:3,cuda:1"])
     try:
-        seen = pool.submit(os.environ.get, "CUDA_VISIBLE_DEVICES").result(timeout=180)
+        seen = pool.submit(_visible_gpus).result(timeout=180)
     finally:
         pool.shutdown()
     assert seen == "7,5"
