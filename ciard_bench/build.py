@@ -13,7 +13,7 @@ import torch
 from .attacks import accuracy
 from .config import TrainConfig
 from .data import load_dataset, to_float_nchw
-from .distributed import Dist
+from .distributed import Dist, global_batch_norm
 from .errors import UserError
 from .faults import kill_point
 from .methods import Context, create_method, get_method
@@ -57,6 +57,9 @@ def build(cfg: TrainConfig, device, d: Dist = Dist()) -> Run:
                                       model_dir=cfg.teacher_model_dir, device="cpu")
     ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
                   steps=cfg.attack_steps, dist=d)
+    if cfg.sync_bn and d.enabled:   # every model: a teacher in train mode (ITT) normalises too
+        for model in (student, *teachers.values()):
+            global_batch_norm(model)
     method = create_method(cfg.method, student, teachers, ctx, cfg.method_options).to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)

@@ -66,6 +66,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
+    sync_bn: bool = False   # under torchrun: BatchNorm statistics of the global batch
     ckpt_every_steps: int = 0
     num_workers: int | None = None
     threads: int | None = None
@@ -214,6 +215,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch.compile the student and teachers")
     d.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
                    help="cuDNN autotuning (CUDA; faster, not bitwise reproducible)")
+    d.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun: train-mode BatchNorm statistics of the global batch, so N "
+                        "processes compute the one-process gradient (default: each process's own "
+                        "shard, as DDP; one process: no effect)")
     d.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU)")
     d.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is much faster "
                    "on a small machine shared with other processes)")

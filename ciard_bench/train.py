@@ -10,15 +10,19 @@ optimiser, scaler and adaptive method state is in the checkpoint.
 A stop can be requested from outside the loop (a signal handler: ``STOP.set()``): the loop
 looks at the flag once per step, between steps, so it saves at the next step boundary --
 never from inside a step -- and returns ``{"interrupted": ...}``; ``--resume`` continues
-from that step. The SLURM launcher sets it on the preemption / time-limit signal, and the
-command line on TERM, USR1 and USR2 (:mod:`ciard_bench.signals`): it then exits with status
-128 + the signal's number after saving.
+from that step. Under torchrun a request on any one rank reaches every rank at the same,
+next step boundary: each step's gradient all-reduce carries every rank's flag (no
+collective of its own; the one host sync per step it needs is on the multi-process path
+only). The SLURM launcher sets it on the preemption / time-limit signal, and the command
+line on TERM, USR1 and USR2 (:mod:`ciard_bench.signals`): it then exits with status 128 +
+the signal's number after saving.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -35,8 +39,8 @@ from .config import (TrainConfig, add_method_arguments, add_train_arguments, cha
                      config_from_args, load_config_file, resolve)
 from .data import ArrayDataset, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
-                          broadcast_state, gather, max_difference, max_param_difference, setup,
-                          teardown)
+                          broadcast_state, gather, max_difference, max_param_difference,
+                          report_failures, setup, teardown)
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .methods import get_method, list_methods
@@ -89,16 +93,21 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> N
                         f"{was!r}; accepted: the run's own settings")
 
 
-def train_step(run: Run, x, y, trainings: list, d: Dist = Dist()) -> dict[str, Any]:
+def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threading.Event | None = None,
+               agreed: torch.Tensor | None = None) -> dict[str, Any]:
     """One optimisation step of the student (and of any teacher the method trains): the
     method's forward under autocast, backward through the scaler, gradients averaged over
-    processes, optimiser steps; returns the method's loss dict. ``benchmarks/step.py`` times
-    this very function."""
+    processes, optimiser steps; returns the method's loss dict. ``agreed`` (torchrun, a
+    1-element tensor): receives the number of ranks whose ``stop`` was set just before the
+    gradient all-reduce, which carries it (a request during the step counts for this step).
+    ``benchmarks/step.py`` times this very function."""
     with autocast(run.cfg, run.device):
         out = run.method(x, y)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out["loss"]).backward()
-    average_gradients(run.method.student.parameters(), d)
+    if agreed is not None:
+        agreed.fill_(float(stop is not None and stop.is_set()))
+    average_gradients(run.method.student.parameters(), d, agreed)
     run.scaler.step(run.optimizer)
     for t in trainings:
         if t.loss_key in out:   # the method trains this teacher on this step
@@ -146,12 +155,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         _check_resume_config(saved_cfg, cfg, cfg.out)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
+    if d.enabled:
+        log.info("process %d of %d (world size %d) on %s", d.rank, d.world_size, d.world_size, device)
     run = build(cfg, device, d)        # every input is checked before anything is written
     if d.is_main:
         rundir.clean_temporaries()
         atomic_write_json(rundir.root / "config.json", cfg.to_dict())
-    if d.rank > 0:                     # same initial weights, a different random stream per rank
-        seed_everything(cfg.seed + 1000 * d.rank)
+    # one random stream on every rank: each draws the global batch's attack starts and keeps its
+    # rows (methods/pgd.py), so a sample starts as in one process on the global batch
     method, schedule = run.method, get_schedule(cfg.schedule)
     trainings = method.teacher_trainings()
     start_epoch, start_step, history, best_wr, partial = 1, 0, [], -math.inf, {}
@@ -191,6 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         sums = {k: v.to(device) for k, v in partial.get("sums", {}).items()}
         n_done = partial.get("n", 0)
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        agreed = torch.zeros(1, device=device) if d.enabled else None   # ranks asking to stop
         bad_terms: dict[str, Any] = {}
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step, total=n_batches,
                    leave=False, disable=None if d.is_main and progress else True, mininterval=2.0)
@@ -199,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             kill_point("step")
-            out = train_step(run, x, y, trainings, d)
+            out = train_step(run, x, y, trainings, d, stop, agreed)
             with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
                 bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
@@ -210,8 +222,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             n_done += 1
             last_step = i + 1 == n_batches
             sync_step = (i + 1) % LOG_EVERY == 0 or last_step
-            # stop requested: save now (the last step saves at the epoch's end, below)
-            stop_now = not last_step and _stop_requested(stop, d, sync_step, device)
+            # stop requested (on any rank): save now (the last step saves at the epoch's end)
+            stop_now = not last_step and (bool(agreed.item() > 0) if d.enabled else stop.is_set())
             checkpoint_now = (cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0
                               and not last_step) or stop_now
             if sync_step or checkpoint_now:
@@ -247,7 +259,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                                        if isinstance(v, float) and k != "time_s"))
         save(epoch, 0, best, {})
         start_step, partial = 0, {}
-        if epoch < cfg.epochs and _stop_requested(stop, d, True, device):
+        if epoch < cfg.epochs and _stop_requested(stop, d, device):
             return _stopped(cfg, epoch, 0, d)
     in_sync = max_param_difference(method, d)
     result = _finish(rundir, cfg, history, device, d, in_sync) if d.is_main else {}
@@ -255,14 +267,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     return result
 
 
-def _stop_requested(stop: threading.Event, d: Dist, sync_step: bool, device: Any) -> bool:
-    """Whether to stop after this step. One process: the flag (a Python check, no device
-    sync). Several: every rank must stop at the same step (saving is a collective), so the
-    ranks agree at the steps that synchronise anyway, through an all-reduce of the flag."""
+def _stop_requested(stop: threading.Event, d: Dist, device: Any) -> bool:
+    """Whether to stop at the end of an epoch. One process: the flag. Several: every rank
+    must stop at the same point (saving is a collective): an all-reduce of the flag."""
     if not d.enabled:
         return stop.is_set()
-    if not sync_step:
-        return False
     flag = torch.tensor(int(stop.is_set()), device=device)
     return bool(all_reduce_max(flag, d).item())
 
@@ -353,7 +362,24 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # a torchrun process: one line per failure
+        out = _out_folder(argv)
+        return report_failures(lambda: cli_main(_main, argv), out)
     return cli_main(_main, argv)
+
+
+def _out_folder(argv: list[str] | None) -> str | None:
+    """The run folder the command line names (``--out``, else its ``--config`` file's)."""
+    pre = ArgumentParser(add_help=False)
+    pre.add_argument("--out")
+    pre.add_argument("--config")
+    known = pre.parse_known_args(argv)[0]
+    if known.out is None and known.config:
+        try:
+            return load_config_file(known.config).get("out")
+        except UserError:     # the run itself reports a bad config file
+            return None
+    return known.out
 
 
 if __name__ == "__main__":

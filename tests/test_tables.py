@@ -24,6 +24,8 @@ from ciard_bench.tables.cli import apply_overrides, _parser
 from ciard_bench.tables.frames import all_tables
 from ciard_bench.errors import UserError
 from ciard_bench.evaluate.engine import wilson
+from ciard_bench.models import create_model, save_model_file
+from ciard_bench.runs import RunDir
 
 REDUCED = ["--epochs", "1", "--teacher-epochs", "1", "--n-train", "64", "--n-test", "16",
            "--n-examples", "16", "--sanity-examples", "8", "--threads", "1", "--workers", "1"]
@@ -437,3 +439,37 @@ def test_a_failed_cell_is_named_and_the_others_go_on(tmp_path, capsys):
     cells = {c["id"]: c["status"] for c in grid_json["cells"]}
     assert cells == {"digits/teachers/clean/seed0": "done", "digits/teachers/robust/seed0": "trained",
                      "digits/resnet18/sat/seed0": "trained", "digits/resnet18/mtard/seed0": "missing"}
+
+
+def test_two_processes_per_cell_give_the_one_process_tables(tmp_path):
+    """``--procs-per-cell 2`` on CPU: the cut grid's training cell runs as 2 gloo processes
+    through torchrun (with ``--sync-bn``; given teachers, so one cell trains) and the grid
+    runs to the end; its tables equal those of 1 process. Why they may: every rank draws the
+    global batch's attack starts from one stream and BatchNorm uses global-batch statistics,
+    so the runs differ in float reduction order only. PGD's sign() turns such differences in
+    near-zero input gradients into whole steps on a few pixels, so after the epoch's steps
+    at rate 0.09 the student weights differ by up to 4.4e-3 (measured, the same in repeated
+    runs; conv1, whose weights are ~0.1): far below what a wrong average would give (twice the step), and below what
+    moves any table value here."""
+    teachers = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        teachers.append(str(tmp_path / f"t{seed}.pt"))
+        save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10}, teachers[-1])
+    argv = [*REDUCED, "--students", "resnet18", "--methods", "sat", "--no-figures",
+            "--clean-teacher", teachers[0], "--robust-teacher", teachers[1]]
+    assert main(["--results-dir", str(tmp_path / "one"), *argv]) == 0
+    assert main(["--results-dir", str(tmp_path / "two"), *argv, "--procs-per-cell", "2"]) == 0
+    run = "runs/digits/resnet18/sat/seed0"
+    result = json.loads((tmp_path / "two" / run / "result.json").read_text())
+    assert result["processes"] == 2 and result["config"]["sync_bn"] is True
+    log = (tmp_path / "two" / run / "torchrun.log").read_text()
+    assert "process 0 of 2" in log and "process 1 of 2" in log
+    one, two = (RunDir(tmp_path / w / run).load("last")["state_dict"] for w in ("one", "two"))
+    differences = {k: float((one[k].double() - two[k].double()).abs().max()) for k in one}
+    print("largest weight difference, 1 vs 2 processes:", max(differences.values()))
+    assert max(differences.values()) < 1e-2
+    for name in ("table2", "table3", "table5", "table_aa"):
+        for ext in (".csv", ".md"):
+            assert (tmp_path / "one" / f"{name}{ext}").read_text() == \
+                (tmp_path / "two" / f"{name}{ext}").read_text(), name + ext

@@ -56,7 +56,7 @@ class AdaAD(Method):
 
         with eval_mode(student, teacher):
             return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
-                       start="gauss")
+                       start="gauss", shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         x_adv = self._adversarial(x, y)

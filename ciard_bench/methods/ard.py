@@ -64,7 +64,7 @@ class ARD(Method):
         mode = eval_mode(student) if self.opts.attack_mode == "eval" else contextlib.nullcontext()
         with mode:
             return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
-                       start="uniform")
+                       start="uniform", shard=self.ctx.dist)
 
     def _sample_weights(self, y: Tensor) -> Tensor | None:
         """Per-sample loss weights (none for ARD; Fair-ARD's class weights)."""

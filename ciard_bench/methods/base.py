@@ -170,18 +170,24 @@ class Method(nn.Module):
         return {name: b for name, b in self._buffers.items() if b is not None}
 
     # -- statistics of the global batch (torchrun) -------------------------------------
-    def global_means(self, means: Sequence[Tensor], count: int) -> list[Tensor]:
+    def global_means(self, means: Sequence[Tensor], count: int,
+                     sums: Sequence[Tensor] = ()) -> list[Tensor]:
         """Means over this process's ``count`` samples -> means over the global batch (each
         process weighted by its count), by one all-reduce of a packed float64 buffer; each
-        result keeps its input's dtype. In one process: the inputs themselves."""
+        result keeps its input's dtype. ``sums`` (0-dim per-process sums or counts) ride in the
+        same all-reduce; their sums over the processes follow the means in the result. In one
+        process: the inputs themselves (detached)."""
         d = self.ctx.dist
         if not d.enabled:
-            return list(means)
+            return list(means) + [s.detach() for s in sums]
         # float32 mean x count is exact in float64, so only the sum over processes rounds
         packed = torch.stack([m.detach().to(torch.float64).reshape(()) * count for m in means]
+                             + [s.detach().to(torch.float64).reshape(()) for s in sums]
                              + [torch.full((), count, dtype=torch.float64, device=means[0].device)])
         all_reduce_sum_(packed, d)
-        return [(total / packed[-1]).to(m.dtype) for total, m in zip(packed[:-1], means)]
+        k = len(means)
+        return ([(total / packed[-1]).to(m.dtype) for total, m in zip(packed[:k], means)]
+                + [total.to(s.dtype) for total, s in zip(packed[k:-1], sums)])
 
     def global_sums(self, *parts: Tensor) -> list[Tensor]:
         """Per-process sums or counts -> sums over all processes, by one all-reduce of a

@@ -22,7 +22,9 @@ Deliberate differences from the released code, none changing the math: the unuse
 robust-teacher forward on clean inputs is not computed, the clean teacher runs without a
 graph (its two eval-mode forwards batched into one call), the robust teacher builds a graph
 only while ITT trains it, and no value leaves the device during a step. Under torchrun the
-temperatures (and adaptive weights) are updated from means over the global batch.
+temperatures (and adaptive weights) are updated from means over the global batch, and the
+push term is that of the global batch: its mean over the push set of every process, scaled
+by the magnitudes of the global losses (one all-reduce for all of it).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from torch import Tensor
 from ..schedules import block_mean, cos_exp_decay
 from .base import (RATE_MILESTONES, Method, TeacherTraining, milestone, option, register_method,
                    scalar_state)
-from .losses import entropy_balance_, kle, magnitude_scale, masked_kle, mtard_weights_, neg_entropy
+from .losses import (entropy_balance_, kle, magnitude_scale, masked_kle, masked_kle_parts,
+                     masked_kle_share, mtard_weights_, neg_entropy)
 from .pgd import eval_mode, pgd
 
 RELEASED_EPOCHS = 300
@@ -142,7 +145,7 @@ class CIARD(Method):
                 return F.cross_entropy(student(xa), y)
         with eval_mode(student):
             return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
-                       start="gauss")
+                       start="gauss", shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         o = self.opts
@@ -159,12 +162,19 @@ class CIARD(Method):
         l_adv = kle(F.log_softmax(z_sa, dim=1), p_a)
         l_nat = kle(F.log_softmax(z_s, dim=1), p_n)
         stats = [neg_entropy(p_a), neg_entropy(p_n)]          # what the temperatures need
-        if o.loss_weights == "mtard_adaptive":
-            stats += [l_adv.detach(), l_nat.detach()]         # and the weights
-        h_a, h_n, *losses = self.global_means(stats, y.shape[0])   # of the global batch
+        if o.loss_weights == "mtard_adaptive" or (o.push and self.ctx.dist.enabled):
+            stats += [l_adv.detach(), l_nat.detach()]         # the weights, the push scale
+        push_parts = ()
+        if o.push:
+            wrong = z_na.argmax(dim=1) != y          # the clean teacher errs on x'
+            log_q, p_na = F.log_softmax(z_sa / o.push_temperature, dim=1), F.softmax(z_na, dim=1)
+            if self.ctx.dist.enabled:                # the push set of the global batch
+                push_parts = masked_kle_parts(log_q, p_na, wrong)
+        # of the global batch, in one all-reduce (one process: the values themselves)
+        h_a, h_n, *losses = self.global_means(stats, y.shape[0], sums=push_parts)
         entropy_balance_(self.tau_a, self.tau_n, h_a, h_n, self.temp_rate, o.temp_min, o.temp_max)
         if o.loss_weights == "mtard_adaptive":
-            mtard_weights_(self.w_adv, self.w_nat, *losses, self.l0_adv, self.l0_nat, self.weight_rate)
+            mtard_weights_(self.w_adv, self.w_nat, *losses[:2], self.l0_adv, self.l0_nat, self.weight_rate)
             # float64 weights cast to the loss dtype: Python float * float32 tensor in the code
             loss = (self.w_nat.to(l_nat.dtype, copy=True) * l_nat
                     + self.w_adv.to(l_adv.dtype, copy=True) * l_adv)
@@ -172,13 +182,19 @@ class CIARD(Method):
             loss = l_nat + l_adv
         out = {"loss_adv": l_adv, "loss_nat": l_nat}
         if o.push:
-            wrong = z_na.argmax(dim=1) != y          # the clean teacher errs on x'
-            l_push = masked_kle(F.log_softmax(z_sa / o.push_temperature, dim=1),
-                                F.softmax(z_na, dim=1), wrong)
-            scale = magnitude_scale(l_adv, l_nat, l_push)
-            loss = loss - o.lambda_push * scale * l_push
+            if self.ctx.dist.enabled:                # global mean, global magnitude scale
+                g_adv, g_nat, total_all, count_all = losses[-4:]
+                push_term, l_push = masked_kle_share(push_parts[0], total_all, count_all,
+                                                     self.ctx.dist.world_size)
+                scale = magnitude_scale(g_adv, g_nat, l_push)
+                active = (count_all > 0).float()
+            else:
+                l_push = push_term = masked_kle(log_q, p_na, wrong)
+                scale = magnitude_scale(l_adv, l_nat, l_push)
+                active = wrong.any().float()
+            loss = loss - o.lambda_push * scale * push_term
             out.update(loss_push=l_push, push_scale=scale, push_fraction=wrong.float().mean(),
-                       push_active=wrong.any().float())
+                       push_active=active)
         if self.itt_active:
             out["robust_teacher_loss"] = F.cross_entropy(z_ta, y)
         if self.decay_every_batch:                   # released quirk, see rate_decay

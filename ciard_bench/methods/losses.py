@@ -28,11 +28,31 @@ def masked_kle(log_q: Tensor, p: Tensor, mask: Tensor) -> Tensor:
     Computed with a multiply, not boolean indexing, so it needs no host sync. An empty mask
     or a non-finite result gives 0.
     """
-    rows = mask.to(p.dtype).unsqueeze(1)
-    total = (kl_elements(log_q, p) * rows).sum()
-    count = rows.sum() * p.shape[1]
+    total, count = masked_kle_parts(log_q, p, mask)
     value = total / count.clamp(min=1)
     return torch.where((count > 0) & torch.isfinite(value), value, torch.zeros_like(value))
+
+
+def masked_kle_parts(log_q: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The numerator and denominator of :func:`masked_kle`: the sum of :func:`kl_elements` over
+    the masked rows, and |M| x C."""
+    rows = mask.to(p.dtype).unsqueeze(1)
+    return (kl_elements(log_q, p) * rows).sum(), rows.sum() * p.shape[1]
+
+
+def masked_kle_share(total: Tensor, total_all: Tensor, count_all: Tensor,
+                     processes: int) -> tuple[Tensor, Tensor]:
+    """:func:`masked_kle` over the masked rows of ALL processes (torchrun), from this process's
+    numerator ``total`` (with its graph) and the detached sums over processes ``total_all``,
+    ``count_all``. Returns ``(share, value)``: ``value`` is the global masked KLe (0 when the
+    global mask is empty or the value non-finite); ``share = processes * total / count_all``
+    is this process's part of it, whose mean over the processes is ``value`` and whose
+    gradient, averaged over the processes, is the gradient of ``value``."""
+    value = total_all / count_all.clamp(min=1)
+    ok = (count_all > 0) & torch.isfinite(value)
+    share = processes * total / count_all.clamp(min=1)
+    return (torch.where(ok, share, torch.zeros_like(share)),
+            torch.where(ok, value, torch.zeros_like(value)))
 
 
 def neg_entropy(p: Tensor) -> Tensor:

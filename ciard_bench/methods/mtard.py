@@ -70,7 +70,8 @@ class MTARD(Method):
         student = self.student
         with eval_mode(student):
             return pgd(lambda xa: F.cross_entropy(student(xa), y), x, eps=self.ctx.eps,
-                       alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss")
+                       alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss",
+                       shard=self.ctx.dist)
 
     def _teacher_probs(self, z_ta: Tensor, z_n: Tensor) -> tuple[Tensor, Tensor]:
         """Soft labels of the two teachers (B-MTARD divides by its temperatures)."""

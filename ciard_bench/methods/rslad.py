@@ -70,7 +70,8 @@ class RSLAD(Method):
         student = self.student
         with eval_mode(student):
             return pgd(lambda xa: kl_sum(F.log_softmax(student(xa), dim=1), target), x,
-                       eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss")
+                       eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss",
+                       shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():

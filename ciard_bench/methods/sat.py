@@ -54,7 +54,7 @@ class SAT(Method):
         with mode:
             return pgd(lambda xa: F.cross_entropy(model(xa), y), x, eps=self.ctx.eps,
                        alpha=self.ctx.alpha, steps=self.ctx.steps, start=self.opts.start,
-                       clamp_start=True)
+                       clamp_start=True, shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         x_adv = self._adversarial(x, y)

@@ -53,7 +53,7 @@ class SCORE(Method):
                 p_clean = F.softmax(model(x), dim=1)
             return pgd(lambda xa: lse_distance(F.softmax(model(xa), dim=1), p_clean).mean(), x,
                        eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss",
-                       clamp_start=True)
+                       clamp_start=True, shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         o, c = self.opts, self.ctx.num_classes

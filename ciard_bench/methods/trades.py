@@ -52,7 +52,8 @@ class TRADES(Method):
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
             return pgd(lambda xa: kl_sum(F.log_softmax(model(xa), dim=1), p_clean), x,
-                       eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss")
+                       eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss",
+                       shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         model = self.student

@@ -91,6 +91,9 @@ def _launcher_arguments(p: argparse.ArgumentParser) -> None:
                    "job per cell's training and evaluation, through submitit")
     g.add_argument("--devices", help="local: cuda:0,cuda:1,... one worker pinned to each "
                    "device, or cpu (with --workers N)")
+    g.add_argument("--procs-per-cell", help="train each cell on N processes through torchrun "
+                   "(local: N of --devices per cell, or N CPU processes; slurm: N processes in one "
+                   "job, give it N GPUs); evaluation stays one process (default 1)")
     g.add_argument("--status", action="store_true", help="print every cell's state (store) and "
                    "SLURM job (squeue), one line per cell, and exit")
     s = p.add_argument_group("--launcher slurm (each job; default: the partition's)")
@@ -248,17 +251,23 @@ def _run(argv: list[str] | None) -> int:
     if args.launcher == "slurm":     # jobs may start in another working directory
         results = results.resolve()
     device, devices = launchers.local_devices(args.devices, args.device, args.workers)
+    procs = launchers.procs_per_cell(args.procs_per_cell, devices, args.gpus_per_job)
+    devices = launchers.device_groups(devices, procs)
     workers, threads = parallelism(device, args.workers if devices is None else
                                    str(len(devices)), args.threads)
     if devices and args.threads is None:     # the cores shared among the GPU workers
         threads = max(1, usable_cores() // workers)
+    if procs > 1 and devices is None and args.workers is None:   # each cell takes procs cores
+        workers = max(1, workers // procs)
     torch.set_num_threads(threads)
     specs = {k: v for k, v in (("clean", args.clean_teacher), ("robust", args.robust_teacher)) if v}
     grid = build_grid(preset, results, datasets=args.dataset, students=args.students,
                       methods=args.methods, teacher_specs=specs,
                       settings={"device": device, "data_root": args.data_root,
                                 "download": args.download, "model_dir": args.model_dir,
-                                "overrides": changed}, seeds=args.seeds)
+                                "overrides": changed,
+                                **({"procs_per_cell": procs} if procs > 1 else {})},
+                      seeds=args.seeds)
     which = preset.checkpoint
     if args.dry_run:
         return _dry_run(grid, shard_cells(select_kinds(grid.cells, args.only), shard), which)

@@ -145,7 +145,9 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
                 **(settings or {})}
     grid = Grid(preset, Path(results), settings=settings)
     common = {"seed": preset.seed, "device": settings["device"], "data_root": settings["data_root"],
-              "download": settings["download"], "teacher_model_dir": settings["model_dir"]}
+              "download": settings["download"], "teacher_model_dir": settings["model_dir"],
+              # several processes per cell: BatchNorm of the global batch, the 1-process math
+              **({"sync_bn": True} if settings.get("procs_per_cell", 1) > 1 else {})}
     students = list(students or preset.students)
     methods = list(methods or preset.methods)
     for name in students:

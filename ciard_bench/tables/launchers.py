@@ -35,7 +35,8 @@ def check_flags(args: Any) -> None:
         given = [o for o in SLURM_OPTIONS if getattr(args, o) not in (None, False)]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is an option of --launcher slurm; "
-                            "accepted with --launcher local: --devices, --workers, --threads")
+                            "accepted with --launcher local: --devices, --workers, --threads, "
+                            "--procs-per-cell")
         if args.devices and args.device != "auto":
             raise UserError("give --devices or --device, not both")
     elif args.devices or args.workers:
@@ -58,6 +59,34 @@ def local_devices(devices: str | None, device: str,
         raise UserError(f"--workers is set by --devices {devices!r} (one worker per device; "
                         "list a device twice for two workers on it)")
     return (listed[0], None) if len(listed) == 1 else ("cuda", listed)
+
+
+def procs_per_cell(text: str | None, devices: list[str] | None, gpus_per_job: str | None) -> int:
+    """``--procs-per-cell`` -> N: a positive integer that divides the ``--devices`` list (one
+    group of N devices per cell) and fits in ``--gpus-per-job``."""
+    if text is None:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--procs-per-cell {text!r} is not a process count; accepted: an integer >= 1")
+    n = int(text)
+    if devices and len(devices) % n:
+        raise UserError(f"--procs-per-cell {n} does not divide the {len(devices)} --devices; "
+                        f"accepted: a divisor of {len(devices)}")
+    if gpus_per_job is not None and gpus_per_job.isdigit() and n > int(gpus_per_job) > 0:
+        raise UserError(f"--procs-per-cell {n} needs --gpus-per-job {n} or more (one GPU per process)")
+    return n
+
+
+def device_groups(devices: list[str] | None, procs: int) -> list[str] | None:
+    """The ``--devices`` in groups of ``procs`` (``cuda:0,cuda:1``), one worker per group."""
+    if not devices or procs == 1:
+        return devices
+    groups = [devices[i:i + procs] for i in range(0, len(devices), procs)]
+    for g in groups:
+        if len(set(g)) < len(g):
+            raise UserError(f"--procs-per-cell {procs}: a cell's processes need distinct devices, "
+                            f"and {','.join(g)} repeats one")
+    return [",".join(g) for g in groups]
 
 
 def parse_devices(text: str) -> list[str]:

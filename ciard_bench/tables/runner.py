@@ -220,10 +220,10 @@ def _init_worker(threads: int, levels: dict[str, int], slots: Any = None) -> Non
     if slots is not None:
         device = slots.get(timeout=60)
         if device.startswith("cuda:"):   # before CUDA starts in this process
-            index = int(device.split(":")[1])
+            indices = [int(d.split(":")[1]) for d in device.split(",")]   # several: a cell's procs
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")   # cuda:N counts within it
-            os.environ["CUDA_VISIBLE_DEVICES"] = \
-                visible.split(",")[index].strip() if visible else str(index)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(
+                visible.split(",")[i].strip() if visible else str(i) for i in indices)
     quiet_third_party_warnings()
     logging.basicConfig(level=levels.pop(""), format="%(message)s", stream=sys.stderr)
     for name, level in levels.items():

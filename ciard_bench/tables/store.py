@@ -57,11 +57,12 @@ from ..errors import UserError
 from ..evaluate import evaluate, predict, wilson
 from ..models import load_model_file, load_teacher
 from ..runs import RunDir
-from ..train import train
+from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from . import rehearsal
 from .grid import Cell, Grid
 from .locks import LOCK_DIR, file_lock
+from .procs import train_processes
 
 log = logging.getLogger("ciard_bench.tables")
 DONE, TRAINED, PARTIAL, MISSING, BLOCKED = "done", "trained", "partial", "missing", "blocked"
@@ -109,6 +110,8 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
     for key, was, asked in changed_settings(saved, now):
         # a moved results folder is the same
         if key in ("clean_teacher", "robust_teacher") and _in_grid(was) == _in_grid(asked):
+            continue
+        if key == "sync_bn":   # 1 process, or several with global BatchNorm: the same step
             continue
         raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
                         f"{key}={was!r}, the grid now asks for {asked!r}; "
@@ -191,10 +194,13 @@ def train_cell(grid: Grid, cell: Cell) -> float:
 def _train_cell(grid: Grid, cell: Cell, resume: bool) -> float:
     before = cell_timing(grid, cell).get("train_s", 0.0) if resume else 0.0
     start = time.perf_counter()
+    procs = grid.settings.get("procs_per_cell", 1)
     if "rehearse" in grid.settings:     # measured, trained straight, stopped and resumed
         rehearsal.train_task(grid, cell)
+    elif procs > 1:   # torchrun, under this process's cell lock (tables/procs.py)
+        train_processes(resolve(cell.config), procs, resume, STOP)
     else:
-        train(dataclasses.replace(cell.config), resume=resume, progress=False)  # the grid's bar
+        train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
     seconds = time.perf_counter() - start
     steps = sum(r.get("steps", 0) for r in _log(grid, cell))
     _record_timing(grid, cell, train_s=before + seconds, steps=steps)
