@@ -3,9 +3,10 @@ memory) and what its measurements project for the real cell, beside ``--dry-run`
 
 Projections (all stated in the report):
 
-* **a training step at the real batch B**: on a GPU the step measured at B; on a CPU a line
-  ``seconds = a + b x batch`` through the median step times measured at batch 2 and 4,
-  checked against the step measured at batch 8 (its error is reported);
+* **a training step at the real batch B**: on a GPU the step measured at B; on a CPU
+  ``seconds = b x batch`` fitted (least squares through the origin) to the median step
+  times measured at batch 2 and 4, checked against the step measured at batch 8 (its error
+  is reported);
 * **peak memory at B**: on a GPU ``max_memory_allocated`` at B; on a CPU a line through the
   peak of every tensor the step holds (parameters, gradients, optimiser state,
   activations, temporaries: ``measure.LiveBytes``) at batch 2 and 4, checked at 8 (without
@@ -40,6 +41,7 @@ BUDGETS = (24.0, 40.0, 80.0)
 TEST_SIZES = {"cifar10": 10000, "cifar100": 10000, "tiny_imagenet": 10000, "digits": 359}
 SANITY_PASSES = (6 * 20, 20)     # eps sweep (6 radii x PGD-20) and uniform noise (20 draws)
 BF16_ACTIVATIONS = 0.5           # assumed: autocast stores activations in half the bytes
+TIGHT = 0.85                     # a fit above this share of a budget is marked tight
 
 
 def line(points: dict[str, float]) -> tuple[float, float]:
@@ -53,13 +55,22 @@ def line(points: dict[str, float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def through_origin(points: dict[str, float]) -> float:
+    """``b`` of ``y = b x`` through the measured ``{batch: y}`` (least squares)."""
+    return sum(float(k) * y for k, y in points.items()) / sum(float(k) ** 2 for k in points)
+
+
 def _at(measured: dict, key: str, batch: int) -> tuple[float, dict | None]:
     """The value of ``key`` at ``batch`` (measured, or on the fitted line) and the check of
-    the line against the batch not used to fit it."""
+    the line against the batch not used to fit it. Seconds (``s``, ``*_s``) go through the origin:
+    a small batch's timing on a shared CPU is too noisy to fix an intercept (two points
+    gave negative slopes), and a step's fixed cost is small beside a full batch's;
+    memory (deterministic) gets its intercept, the model state."""
     rows = measured["batch"]
     if str(batch) in rows and rows[str(batch)][key] is not None:
         return float(rows[str(batch)][key]), None
-    a, b = line({k: rows[str(k)][key] for k in measured["fit"]})
+    points = {k: rows[str(k)][key] for k in measured["fit"]}
+    a, b = (0.0, through_origin(points)) if key == "s" or key.endswith("_s") else line(points)
     check = None
     for k in measured["check"]:
         got, want = rows[str(k)][key], a + b * k
@@ -296,9 +307,15 @@ def markdown(report: dict[str, Any]) -> str:
     for b in report["budgets_gb"]:
         over = [(r["id"], r["projection"]["budgets"][f"{b:g}"]) for r in report["cells"]
                 if not r["projection"].get("budgets", {}).get(f"{b:g}", {"fits": True})["fits"]]
-        out.append(f"- {b:g} GB: " + ("every trained cell fits." if not over else
+        tight = [f"`{r['id']}` ({100 * r['projection']['step']['peak_bytes'] / (b * GB):.0f} %)"
+                 for r in report["cells"] if r["projection"].get("budgets", {}).get(
+                     f"{b:g}", {}).get("fits") and r["projection"]["step"]["peak_bytes"]
+                 > TIGHT * b * GB]
+        out.append(f"- {b:g} GB: " + ("every trained cell fits" if not over else
                    f"{len(over)} cells do not fit: " + "; ".join(
-                       f"`{cid}` ({f['setting']})" for cid, f in over) + "."))
+                       f"`{cid}` ({f['setting']})" for cid, f in over))
+                   + (f"; tight (above {100 * TIGHT:.0f} % of it, before the allocator's "
+                      f"overhead): {', '.join(tight)}" if tight else "") + ".")
     out.append("")
     heads = " | ".join(f"{b:g} GB" for b in report["budgets_gb"])
     out += [f"| cell | status | steps | rehearsal s (train/eval) | s/step at B | peak at B | "
@@ -311,7 +328,7 @@ def markdown(report: dict[str, Any]) -> str:
         fits = []
         for b in report["budgets_gb"]:
             f = p.get("budgets", {}).get(f"{b:g}")
-            fits.append("—" if f is None else "fits" if f["fits"] else f"**no**: {f['setting']}")
+            fits.append("—" if f is None else _fits(f, step, b))
         status = r["status"] + (f": {r['error']}" if r.get("error") else "")
         out.append(
             f"| `{r['id']}` | {status} | {r.get('steps', 0)} | {r.get('train_s', 0):.0f} / "
@@ -339,6 +356,14 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{sorted(errors)[len(errors) // 2]:.1f} %, largest {max(errors):.1f} %."]
     out += ["", *notes, "", "## How the projections are made", "", report["method"], ""]
     return "\n".join(out)
+
+
+def _fits(f: dict, step: dict, budget_gb: float) -> str:
+    if not f["fits"]:
+        return f"**no**: {f['setting']}"
+    share = step["peak_bytes"] / (budget_gb * GB)
+    # the projection leaves out the allocator's overhead and cuDNN's workspace
+    return f"fits, tight ({100 * share:.0f} %)" if share > TIGHT else "fits"
 
 
 def write_report(real: Grid, grid: Grid, plan: dict, summary: dict, which: str,
