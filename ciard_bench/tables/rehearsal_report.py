@@ -24,9 +24,7 @@ Projections (all stated in the report):
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from ..attacks import attack_settings, get_attack
@@ -222,7 +220,7 @@ def _classes(grid: Grid, cell: Cell) -> int:
     return store.cached_dataset(cell.dataset, grid.settings["data_root"], False).num_classes
 
 
-def _state(grid: Grid, cell: Cell, which: str, summary: dict, record: dict) -> dict[str, Any]:
+def _state(grid: Grid, cell: Cell, which: str, summary: dict) -> dict[str, Any]:
     """pass | fail | blocked | not run, with the error in one line and its traceback file."""
     log = grid.run_dir(cell) / "cell-error.log"
     if cell.id in summary.get("failed", {}):
@@ -249,7 +247,7 @@ def build_report(real: Grid, grid: Grid, plan: dict, summary: dict, which: str,
     for cell in grid.cells:
         real_cell, record = real_by_id[plan["cells"][cell.id]], records[cell.id]
         row: dict[str, Any] = {"id": real_cell.id, "rehearsal_id": cell.id, "kind": cell.kind,
-                               **_state(grid, cell, which, summary, record)}
+                               **_state(grid, cell, which, summary)}
         timing = store.cell_timing(grid, cell)
         row.update({k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing})
         row["resume"] = record.get("resumed")
