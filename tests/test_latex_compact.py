@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ciard_bench.tables.report.compact import PACKAGES, compact_latex
-from ciard_bench.tables.report.tables import ReportTable, Value
+from ciard_bench.reports.compact import PACKAGES, compact_latex
+from ciard_bench.reports.written import ReportTable, Value
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TEXT_WIDTH_IN, LEFT_IN = 6.875, 0.8125            # ICCV/CVPR: text block and left margin

@@ -2,7 +2,7 @@
 import pytest
 
 from ciard_bench.methods import Method, get_method, list_methods, register_method
-from ciard_bench.tables.presets import METHOD_LABELS
+from ciard_bench.grid.presets import METHOD_LABELS
 
 # the paper's rows (Tables 3-6), in its order, as printed
 PAPER_ROWS = [("sat", "SAT"), ("trades", "TRADES"), ("ard", "ARD"), ("rslad", "RSLAD"),

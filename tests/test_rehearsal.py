@@ -21,8 +21,8 @@ import torch
 from ciard_bench.config import TrainConfig, resolve
 from ciard_bench.methods import get_method
 from ciard_bench.tables import main
-from ciard_bench.tables import rehearsal_report as report
-from ciard_bench.tables.measure import LiveBytes, measure_training
+from ciard_bench.reports import rehearsal as report
+from ciard_bench.grid.measure import LiveBytes, measure_training
 from ciard_bench.utils import resolve_device
 
 

@@ -169,9 +169,10 @@ def test_every_file_written_gets_the_mode_open_would_give_under_the_umask(tmp_pa
 
     from ciard_bench import evaluate as evaluate_cli
     from ciard_bench.data.sources import _write_npz_atomic
-    from ciard_bench.tables import build_grid, get_preset, render, store
-    from ciard_bench.tables.figures import _save
-    from ciard_bench.tables.frames import all_tables
+    from ciard_bench.grid import build_grid, get_preset, store
+    from ciard_bench.reports import render
+    from ciard_bench.reports.figures import _save
+    from ciard_bench.reports.frames import all_tables
     from ciard_bench.train import train
 
     old = os.umask(umask)

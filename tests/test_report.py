@@ -16,10 +16,10 @@ from markupsafe import escape
 from test_tables import REDUCED, fake_done, reduced_preset
 
 from ciard_bench.tables import build_grid, get_preset, main
-from ciard_bench.tables.report import build_report, main as report_main, reductions, write_report
-from ciard_bench.tables.report.compact import compact_latex
-from ciard_bench.tables.report.tables import read_tables
-from ciard_bench.tables.stats import MARK_RULE
+from ciard_bench.reports.html import build_report, main as report_main, reductions, write_report
+from ciard_bench.reports.compact import compact_latex
+from ciard_bench.reports.written import read_tables
+from ciard_bench.reports.stats import MARK_RULE
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -159,7 +159,7 @@ def test_the_committed_pages_are_current_and_quick_to_build(preset):
     page = build_report(RESULTS / preset)
     seconds = time.perf_counter() - start
     assert page == (RESULTS / preset / "index.html").read_text(), \
-        f"rebuild it: python -m ciard_bench.tables.report results/{preset}"
+        f"rebuild it: python -m ciard_bench.reports results/{preset}"
     assert seconds < 10          # issue 22: the page adds at most 10 s to a render
     record = json.loads((RESULTS / preset / "grid.json").read_text())
     for table, _ in read_tables(RESULTS / preset):
@@ -168,7 +168,7 @@ def test_the_committed_pages_are_current_and_quick_to_build(preset):
 
 
 def test_a_teacher_row_of_an_npz_dataset_links_its_cells():
-    from ciard_bench.tables.report import _row_cells
+    from ciard_bench.reports.html import _row_cells
 
     cells = [{"id": f"npz-mini/teachers/clean/seed{k}", "kind": "teacher", "row": "T (clean)",
               "dataset": "npz:/data/x/mini.npz", "student": None} for k in (0, 1)]

@@ -237,7 +237,7 @@ def test_wait_resubmits_only_the_missing_task_and_renders(slurm_grid, tmp_path):
 
     # a job of a task the store has done (a requeue after its last write, a duplicate)
     # succeeds without touching the run
-    from ciard_bench.tables import slurm
+    from ciard_bench.grid import slurm
     from ciard_bench.tables.cli import _parser, apply_overrides
     preset = apply_overrides(get_preset("smoke"), _parser().parse_args(GRID))[0]
     grid = build_grid(preset, copy, students=["resnet18"], methods=["sat", "mtard"])
@@ -331,7 +331,7 @@ def test_each_local_worker_is_pinned_to_its_device(monkeypatch, tmp_path):
     """--devices cuda:1,cuda:0: each worker process sees only its own GPU, counted within
     the CUDA_VISIBLE_DEVICES it inherits (here 5,7: cuda:1 is GPU 7). No GPU is touched:
     only the pinning is checked (this machine may have none)."""
-    from ciard_bench.tables import runner
+    from ciard_bench.grid import runner
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     pool = runner._pool(2, 1, ["cuda:1", "cuda:0"])
     try:
@@ -348,7 +348,7 @@ def test_scancel_saves_at_the_next_step_and_the_rerun_resumes_it(slurm_grid, tmp
     boundary and ends without requeuing itself (a cancelled job stays cancelled; SLURM
     requeues a preempted one); resuming the cell then ends as the uninterrupted run."""
     from ciard_bench.runs import RunDir
-    from ciard_bench.tables import runner, slurm
+    from ciard_bench.grid import runner, slurm
     from ciard_bench.tables.cli import _parser, apply_overrides
     _, local, _ = slurm_grid
     preset = apply_overrides(get_preset("smoke"), _parser().parse_args(GRID))[0]

@@ -84,7 +84,7 @@ def test_devices_go_to_the_workers_in_groups_of_procs_per_cell(monkeypatch):
     within the CUDA_VISIBLE_DEVICES it inherits); a group that repeats a GPU, or a count that
     does not divide the list, is a one-line error. No GPU is touched."""
     from ciard_bench.errors import UserError
-    from ciard_bench.tables import launchers, runner
+    from ciard_bench.grid import launchers, runner
     devices = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
     assert launchers.device_groups(devices, 2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]
     assert launchers.device_groups(devices, 1) == devices

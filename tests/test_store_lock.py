@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ciard_bench.tables import build_grid, get_preset, store
+from ciard_bench.grid import build_grid, get_preset, store
 from ciard_bench.tables.cli import _parser, apply_overrides
 
 N_WRITERS, N_APPENDS = 4, 25

@@ -1,4 +1,4 @@
-"""Seeds, intervals and the mark rule of the tables (ciard_bench.tables.stats), by hand."""
+"""Seeds, intervals and the mark rule of the tables (ciard_bench.reports.stats), by hand."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 
 from ciard_bench.evaluate.engine import wilson
-from ciard_bench.tables.frames import Sample
-from ciard_bench.tables.stats import MISSING, Entry, entry, marks, t_quantile
+from ciard_bench.reports.frames import Sample
+from ciard_bench.reports.stats import MISSING, Entry, entry, marks, t_quantile
 
 
 def _sample(seed, k, n=200):

@@ -19,9 +19,10 @@ import torch
 from ciard_bench.config import resolve
 from ciard_bench.checkpoint import atomic_write_json
 from ciard_bench.tables import build_grid, get_preset, main, parse_shard, shard_cells
-from ciard_bench.tables import render, store
+from ciard_bench.grid import store
+from ciard_bench.reports import render
 from ciard_bench.tables.cli import apply_overrides, _parser
-from ciard_bench.tables.frames import all_tables
+from ciard_bench.reports.frames import all_tables
 from ciard_bench.errors import UserError
 from ciard_bench.evaluate.engine import wilson
 from ciard_bench.models import create_model, save_model_file

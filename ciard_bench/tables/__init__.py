@@ -1,6 +1,6 @@
 """``python -m ciard_bench.tables``: the paper's Tables 2-7 (and AutoAttack) from real runs.
 
-One command builds the experiment grid of a preset (:mod:`.presets`: ``smoke``, ``quick``,
+One command builds the experiment grid of a preset (:mod:`ciard_bench.grid.presets`: ``smoke``, ``quick``,
 ``paper``), trains what is missing in one process (finished cells are skipped, interrupted
 ones resumed), evaluates each run with :func:`ciard_bench.evaluate.evaluate`, and writes
 
@@ -11,19 +11,17 @@ ones resumed), evaluates each run with :func:`ciard_bench.evaluate.evaluate`, an
     results/<preset>/runs/<cell id>/       run folders (git-ignored): config, checkpoints,
                                            log, result, eval-<checkpoint>.json
 
-Modules: ``presets`` (the scales), ``grid`` (cells, sharding), ``store`` (status, running a
-cell), ``runner`` (the loop, the estimate), ``launchers`` (``--devices``, who owns a results
-folder), ``slurm`` (``--launcher slurm``: one submitit job per task), ``frames``
-(DataFrames), ``render`` (CSV, LaTeX, Markdown, captions, the paper's numbers),
-``figures``, ``report`` (the HTML report and the compact LaTeX, from the written files),
-``cli``.
+The command lives here (``cli``); running the grid is :mod:`ciard_bench.grid` (presets,
+cells, store, runner, launchers, slurm, rehearsal) and rendering what it wrote is
+:mod:`ciard_bench.reports` (frames, render, figures, the HTML report, the rehearsal
+report).
 """
 from __future__ import annotations
 
+from ..grid import (Cell, Grid, Preset, TeacherPlan, build_grid, get_preset, list_presets,
+                    parse_shard, register_preset, shard_cells)
+from ..reports.frames import all_tables
 from .cli import main
-from .frames import all_tables
-from .grid import Cell, Grid, build_grid, parse_shard, shard_cells
-from .presets import Preset, TeacherPlan, get_preset, list_presets, register_preset
 
 __all__ = ["Cell", "Grid", "Preset", "TeacherPlan", "all_tables", "build_grid", "get_preset",
            "list_presets", "main", "parse_shard", "register_preset", "shard_cells"]

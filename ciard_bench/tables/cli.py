@@ -15,11 +15,13 @@ import torch
 
 from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
-from . import figures, launchers, rehearsal, rehearsal_report, render, runner, slurm, store
-from .frames import all_tables
-from .grid import build_grid, parse_shard, select_kinds, shard_cells
-from .presets import Preset, get_preset, list_presets
-from .report import write_report
+from ..grid import launchers, rehearsal, runner, slurm, store
+from ..reports import figures, render
+from ..reports import rehearsal as rehearsal_report
+from ..reports.frames import all_tables
+from ..grid.cells import build_grid, parse_shard, select_kinds, shard_cells
+from ..grid.presets import Preset, get_preset, list_presets
+from ..reports.html import write_report
 
 log = logging.getLogger("ciard_bench.tables")
 

@@ -1,5 +1,5 @@
 """Static HTML pages that open from ``file://`` with nothing from the network: the results
-report (``results/<preset>/index.html``, :mod:`ciard_bench.tables.report`) and the
+report (``results/<preset>/index.html``, :mod:`ciard_bench.reports.html`) and the
 leaderboard (:mod:`ciard_bench.submit.leaderboard`).
 
 A page is one file: its stylesheet and script are inlined from ``templates/page.css`` and

@@ -31,8 +31,8 @@ from ..attacks import attack_settings, get_attack
 from ..checkpoint import atomic_write_json, atomic_write_text
 from ..config import resolve
 from ..data import load_dataset
-from . import rehearsal, runner, store
-from .grid import Cell, Grid
+from ..grid import rehearsal, runner, store
+from ..grid.cells import Cell, Grid
 
 GB = 1e9
 BUDGETS = (24.0, 40.0, 80.0)

@@ -28,7 +28,7 @@ from ..config import resolve
 from ..errors import UserError, quiet_third_party_warnings
 from ..runs import RunDir
 from . import store
-from .grid import Cell, Grid
+from .cells import Cell, Grid
 
 log = logging.getLogger("ciard_bench.tables")
 # training-set sizes for the estimate when the config takes the whole set

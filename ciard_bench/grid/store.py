@@ -60,7 +60,7 @@ from ..runs import RunDir
 from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from . import rehearsal
-from .grid import Cell, Grid
+from .cells import Cell, Grid
 from .locks import LOCK_DIR, file_lock
 from .procs import train_processes
 
@@ -197,7 +197,7 @@ def _train_cell(grid: Grid, cell: Cell, resume: bool) -> float:
     procs = grid.settings.get("procs_per_cell", 1)
     if "rehearse" in grid.settings:     # measured, trained straight, stopped and resumed
         rehearsal.train_task(grid, cell)
-    elif procs > 1:   # torchrun, under this process's cell lock (tables/procs.py)
+    elif procs > 1:   # torchrun, under this process's cell lock (grid/procs.py)
         train_processes(resolve(cell.config), procs, resume, STOP)
     else:
         train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's

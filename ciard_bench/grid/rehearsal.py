@@ -26,7 +26,7 @@ launchers run it) in a folder of its own, whose cells differ from the real ones 
   (:func:`measure_passes`) to project the evaluation at full size.
 
 What is measured goes to ``rehearsal.json`` in each cell's run folder (written as it goes, so
-a killed rehearsal resumes); :mod:`.rehearsal_report` turns it into the report.
+a killed rehearsal resumes); :mod:`ciard_bench.reports.rehearsal` turns it into the report.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from ..errors import UserError
 from ..models import robustbench_path, write_random_zoo_file, zoo_dataset
 from ..runs import RunDir
 from ..utils import resolve_device
-from .grid import Cell, Grid, build_grid, dataset_slug
+from .cells import Cell, Grid, build_grid, dataset_slug
 from .measure import measure_passes, measure_training
 
 BATCH = 2            # points per training step of the rehearsal's own runs

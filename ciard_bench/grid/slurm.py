@@ -56,7 +56,7 @@ from ..errors import UserError, quiet_third_party_warnings
 from ..runs import RunDir
 from ..signals import stop_on_signals
 from . import launchers, runner, store
-from .grid import Cell, Grid
+from .cells import Cell, Grid
 
 log = logging.getLogger("ciard_bench.tables")
 # squeue states after which a job will not run again (anything else is queued or running)

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes
-from . import store
+from ..grid import store
 from .frames import datasets_of, seed_samples, students_of
-from .grid import Grid, dataset_label, dataset_slug
-from .presets import METHOD_LABELS, STUDENT_LABELS
+from ..grid.cells import Grid, dataset_label, dataset_slug
+from ..grid.presets import METHOD_LABELS, STUDENT_LABELS
 from .render import DATASET_NAMES
 
 

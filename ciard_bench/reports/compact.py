@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import re
 
-from ..render import tex_escape
-from .tables import ReportTable, Value
+from .render import tex_escape
+from .written import ReportTable, Value
 
 PACKAGES = ("booktabs",)          # what a document that \input's these needs
 _SHORT = {"FGSM": "FGSM", "PGD_SAT": "PGD$_{\\mathrm{SAT}}$",

@@ -8,7 +8,7 @@ drill-down per cell of the grid.
 It is built from the files of the results folder alone (``grid.json``, the tables'
 Markdown and seeds CSV, the figures, and each run folder that is present), so
 ``python -m ciard_bench.tables`` writes it after every render, and
-``python -m ciard_bench.tables.report RESULTS_DIR`` rebuilds it from a folder whose run
+``python -m ciard_bench.reports RESULTS_DIR`` rebuilds it from a folder whose run
 folders are absent (a cell without its folder shows what ``grid.json`` holds). The page is
 deterministic: the same folder gives the same bytes.
 """
@@ -21,12 +21,12 @@ from typing import Any
 from ...checkpoint import atomic_write_text
 from ...errors import ArgumentParser, UserError, cli_main
 from ...web import render_page, whisker
-from ..grid import dataset_label
-from ..presets import get_preset
+from ...grid.cells import dataset_label
+from ...grid.presets import get_preset
 from ..stats import MARK_RULE
 from .cells import anchor, cell_detail
-from .compact import compact_latex
-from .tables import ReportTable, read_tables
+from ..compact import compact_latex
+from ..written import ReportTable, read_tables
 
 PAGE = "index.html"
 _STUDENT_OF = {"table3": "resnet18", "table5": "resnet18", "table4": "mobilenet_v2",
@@ -157,7 +157,7 @@ def write_report(results: Path, reduced: str | None = None) -> list[Path]:
 
 
 def _run(argv: list[str] | None) -> int:
-    p = ArgumentParser(prog="python -m ciard_bench.tables.report",
+    p = ArgumentParser(prog="python -m ciard_bench.reports",
                        description="Rebuild results/<preset>/index.html and tableN_compact.tex from "
                        "the folder's files (python -m ciard_bench.tables writes them after "
                        "every render).")
@@ -170,5 +170,5 @@ def _run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ciard_bench.tables.report``; bad input is one line and exit code 2."""
+    """``python -m ciard_bench.reports``; bad input is one line and exit code 2."""
     return cli_main(_run, argv)

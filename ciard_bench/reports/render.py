@@ -18,8 +18,8 @@ from ..attacks import describe_attack, get_attack, list_attacks
 from ..checkpoint import atomic_write_text
 from ..utils import fraction_text
 from .frames import Table
-from .grid import Grid
-from .presets import ABLATIONS, STUDENT_LABELS
+from ..grid.cells import Grid
+from ..grid.presets import ABLATIONS, STUDENT_LABELS
 from .stats import MARK_RULE, Entry, entry, marks
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits",

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from ..attacks import get_attack
-from . import store
-from .grid import Cell, Grid, dataset_label
-from .presets import ABLATIONS, METHOD_LABELS, STUDENT_LABELS
+from ..grid import store
+from ..grid.cells import Cell, Grid, dataset_label
+from ..grid.presets import ABLATIONS, METHOD_LABELS, STUDENT_LABELS
 
 METRICS = ("Clean", "Robust", "W-R")
 WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import UserError
+from ..errors import UserError
 
 TABLES = ("table2", "table3", "table4", "table5", "table6", "table7", "table_aa")
 

@@ -1,4 +1,0 @@
-"""``python -m ciard_bench.tables.report RESULTS_DIR``."""
-from . import main
-
-raise SystemExit(main())
