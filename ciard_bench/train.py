@@ -46,7 +46,7 @@ from .faults import kill_point
 from .methods import get_method, list_methods
 from .runs import RunDir, check_writable
 from .schedules import get_schedule
-from .signals import stop_on_signals
+from .signals import stop_at_look, stop_on_signals
 from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("ciard_bench.train")
@@ -348,7 +348,8 @@ def _main(argv: list[str] | None) -> int:
     cfg = config_from_args(args)
     STOP.clear()
     with stop_on_signals(STOP) as received:   # TERM / USR1 / USR2: save at the next step
-        result = train(cfg, resume=args.resume)
+        # CIARD_BENCH_STOP_AT=<n>: a stop at a chosen step boundary (the rehearsal's, signals.py)
+        result = train(cfg, resume=args.resume, stop=stop_at_look(STOP))
     STOP.clear()
     if result and "interrupted" in result:
         where = result["interrupted"]

@@ -19,10 +19,12 @@ import pytest
 import torch
 
 from ciard_bench.config import TrainConfig, resolve
-from ciard_bench.methods import get_method
-from ciard_bench.tables import main
-from ciard_bench.reports import rehearsal as report
+from ciard_bench.grid import get_preset
 from ciard_bench.grid.measure import LiveBytes, measure_training
+from ciard_bench.methods import get_method
+from ciard_bench.models import create_model, save_model_file
+from ciard_bench.reports import rehearsal as report
+from ciard_bench.tables import main
 from ciard_bench.utils import resolve_device
 
 
@@ -184,6 +186,45 @@ def test_line_and_budget_against_hand_computations():
     assert report.fit_budget(step, 13)["setting"] == \
         "--amp bf16 + 4 processes per cell (batch 32 each)"
     assert report.fit_budget(step, 8)["setting"].startswith("none: the model state alone")
+    # measured as one of 2 processes (batch 128 a process): twice as many processes, 4
+    per_process = {**step, "procs": 2}
+    assert report.fit_budget(per_process, 16)["setting"] == \
+        "--amp bf16 + 4 processes per cell (batch 64 each)"
+    assert report.fit_budget(per_process, 24)["setting"] == "--amp bf16"
+
+
+def test_a_rehearsal_on_two_processes_per_cell_stops_and_resumes_them_exactly(tmp_path):
+    """--procs-per-cell 2 (issue 21: the rehearsal works as for one process): the CIARD
+    cell's three runs are 2 gloo processes each, stopped together after step 1 of epoch 2
+    and resumed bit for bit (ITT trains the robust teacher in epoch 2); the step is measured
+    at the per-process batch. Teachers are files, so that only the one cell trains."""
+    teachers = []
+    for role in ("clean", "robust"):
+        teachers += [f"--{role}-teacher", str(tmp_path / f"{role}.pt")]
+        save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10},
+                        tmp_path / f"{role}.pt")
+    code, out, err = _main(*SMOKE, "--methods", "ciard", "--only", "student", *teachers,
+                           "--procs-per-cell", "2", "--results-dir", str(tmp_path / "smoke"),
+                           "--rehearse")
+    assert code == 0, out + err
+    folder = tmp_path / "smoke-rehearsal"
+    rep = json.loads((folder / "rehearsal.json").read_text())
+    cell = next(c for c in rep["cells"] if c["id"] == "digits/resnet18/ciard/seed0")
+    assert cell["status"] == "pass"
+    run = folder / "runs" / cell["rehearsal_id"]
+    record = _record(run)
+    assert {k: record["stopped"][k] for k in ("epoch", "step")} == {"epoch": 2, "step": 1}
+    assert record["resumed"]["exact"] and record["resumed"]["tensors_compared"] > 0
+    batch = get_preset("smoke").train["batch_size"]
+    assert record["measured"]["procs"] == 2 and record["measured"]["real_batch"] == batch // 2
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert "robust_teacher_loss" in epochs[1] and epochs[1]["method_state_equal_on_all_ranks"]
+    assert cell["projection"]["step"]["procs"] == 2
+    launches = (run / "torchrun.log").read_text()
+    assert launches.count("process 0 of 2") == 2 and launches.count("process 1 of 2") == 2
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 4    # 2 a process
+    assert not (folder / "rehearsal-straight" / cell["rehearsal_id"]).exists()  # compared
+    assert f"(B={batch // 2} a process, 2 processes)" in (folder / "rehearsal.md").read_text()
 
 
 def test_attack_passes_follow_the_protocol():

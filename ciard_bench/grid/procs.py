@@ -33,15 +33,21 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
+from ..signals import STOP_AT_ENV
 
 log = logging.getLogger("ciard_bench.tables")
 FORWARD = signal.SIGUSR1   # what the caller's stop request becomes in the training processes
 
 
-def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.Event) -> bool:
+def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.Event,
+                    stop_at: int | None = None) -> bool:
     """Train ``cfg`` (resolved) on ``procs`` processes; True when it finished, False when it
-    stopped on ``stop`` (saved at a step boundary). A failure raises ``RuntimeError`` with the
-    failing rank's line and the log's path."""
+    stopped on ``stop`` or at ``stop_at`` (saved at a step boundary). A failure raises
+    ``RuntimeError`` with the failing rank's line and the log's path.
+
+    ``stop_at`` (the rehearsal's): every process stops at its ``stop_at``-th look at its stop
+    flag (``CIARD_BENCH_STOP_AT``, :class:`ciard_bench.signals.StopAtLook`), a step boundary
+    known in advance."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)         # a run folder is a run once run.json is in it
     log_path = out / "torchrun.log"
@@ -54,6 +60,9 @@ def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.
         # the caller's threads (--threads, a SLURM job's CPUs) shared among the processes
         threads = max(1, torch.get_num_threads() // procs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env.pop(STOP_AT_ENV, None)
+        if stop_at is not None:
+            env[STOP_AT_ENV] = str(stop_at)
         start = log_path.stat().st_size if log_path.is_file() else 0
         with open(log_path, "a") as out_file:
             proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT, env=env,
@@ -67,11 +76,16 @@ def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.
             log.info("torchrun: %s", line)
     if code == 0:
         return True
-    if stop.is_set():
+    if stop.is_set() or (stop_at is not None and _stopped(launched)):
         return False
     lines = [ln.strip() for ln in launched.splitlines() if ln.startswith(("rank ", "error:"))]
     raise RuntimeError(f"training on {procs} processes failed (exit {code}): "
                        f"{' | '.join(lines[-3:]) or 'no error line'} (log: {log_path})")
+
+
+def _stopped(launched: str) -> bool:
+    """Whether this launch's log says the run saved on a stop request (rank 0's line)."""
+    return any(line.startswith("stop requested") for line in launched.splitlines())
 
 
 def _child_setup() -> None:

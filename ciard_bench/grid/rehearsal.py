@@ -13,13 +13,15 @@ launchers run it) in a folder of its own, whose cells differ from the real ones 
   grid trains are rehearsal cells like the students;
 * training: the real architectures at full size and each method's real settings (inner
   attack steps, its schedule scaled to :data:`EPOCHS` epochs, so CIARD's ITT trains in the
-  second), :data:`STEPS` steps of :data:`BATCH` points an epoch. Each training task
+  second), :data:`STEPS` steps of :data:`BATCH` points (a process) an epoch. Each training task
   (:func:`train_task`) first **measures** the real step (:func:`measure_training`: the
   method at its last epoch, ITT on, at the preset's batch size on a GPU; on a CPU at small
   batches, projected), then trains the cell twice: straight through, and stopped at a step
   boundary inside the second epoch (through the engine's stop request; under SLURM through
   the job's own USR2 save-and-requeue) and resumed; the two must end bit for bit equal
-  on a CPU;
+  on a CPU. With ``--procs-per-cell N`` each of these runs is N processes (``torchrun``)
+  stopped at the same step boundary on every one of them, and the step is measured at the
+  per-process batch;
 * evaluation: the cell's whole attack list at protocol settings (AutoAttack standard, the
   transfer attacks from the real source cell, the sanity checks) on :data:`N_EXAMPLES`
   points; before it, the model's forward and backward passes are timed
@@ -36,7 +38,6 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,9 +53,11 @@ from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
 from ..models import robustbench_path, write_random_zoo_file, zoo_dataset
 from ..runs import RunDir
+from ..signals import StopAtLook
 from ..utils import resolve_device
 from .cells import Cell, Grid, build_grid, dataset_slug
 from .measure import measure_passes, measure_training
+from .procs import train_processes
 
 BATCH = 2            # points per training step of the rehearsal's own runs
 STEPS = 2            # steps per epoch
@@ -86,12 +89,15 @@ def prepare(real: Grid, folder: Path, teacher_specs: dict | None = None) -> tupl
     names = list(dict.fromkeys(c.dataset for c in real.cells))
     datasets, plan = {}, {"datasets": {}, "teachers": {}, "cells": {}}
     notes = []
+    procs = s.get("procs_per_cell", 1)
+    batch = BATCH * procs            # BATCH points a process: the global batch divides
     for name in names:
-        datasets[name], plan["datasets"][name] = _dataset(name, s["data_root"], folder)
+        datasets[name], plan["datasets"][name] = _dataset(name, s["data_root"], folder,
+                                                          batch * STEPS)
         notes.append(f"{name}: synthetic images of its size and class count"
                      if datasets[name] != name else f"{name}: the real data")
     p = real.preset
-    small = {"epochs": EPOCHS, "batch_size": BATCH, "n_train": BATCH * STEPS, "n_test": N_TEST}
+    small = {"epochs": EPOCHS, "batch_size": batch, "n_train": batch * STEPS, "n_test": N_TEST}
     teachers = {d: {r: dataclasses.replace(t, train={**t.train, **small}) if t.spec is None else t
                     for r, t in plans.items()} for d, plans in p.teachers.items()}
     for name, stand_in in datasets.items():      # the real dataset's teachers serve its stand-in
@@ -100,7 +106,7 @@ def prepare(real: Grid, folder: Path, teacher_specs: dict | None = None) -> tupl
         teachers=teachers, train={**p.train, **small}, n_examples=N_EXAMPLES,
         sanity_examples=SANITY_EXAMPLES, table_notes={},
         reductions=f"{NOTE.upper()}: every cell of the {p.name} grid for {EPOCHS}x{STEPS} steps "
-                   f"of {BATCH} points, evaluated on {N_EXAMPLES} test points; "
+                   f"of {batch} points, evaluated on {N_EXAMPLES} test points; "
                    + "; ".join(notes) + "; the numbers mean nothing")
     students = list(dict.fromkeys(c.student for c in real.cells if c.kind == "student"))
     methods = list(dict.fromkeys(c.method for c in real.cells if c.kind == "student"))
@@ -131,8 +137,9 @@ def _real_id(cid: str, datasets: dict[str, str]) -> str:
     return cid
 
 
-def _dataset(name: str, root: str, folder: Path) -> tuple[str, str]:
-    """(the dataset the rehearsal uses, what the report says of it)."""
+def _dataset(name: str, root: str, folder: Path, n_train: int) -> tuple[str, str]:
+    """(the dataset the rehearsal uses, what the report says of it); a synthetic stand-in
+    holds at least ``n_train`` training images."""
     try:
         load_dataset(name, root=root)
         return name, f"{name} (the real data, from {root})"
@@ -141,10 +148,10 @@ def _dataset(name: str, root: str, folder: Path) -> tuple[str, str]:
             raise
     classes, side = SHAPES[name.lower()]
     path = (folder / "data" / f"{name.lower()}-synthetic.npz").resolve()
-    if not path.is_file():
+    if not path.is_file() or _train_size(path) < n_train:
         path.parent.mkdir(parents=True, exist_ok=True)
         gen = np.random.default_rng(0)
-        n_train = max(2 * classes, BATCH * STEPS)
+        n_train = max(2 * classes, n_train)
         arrays = {"x_train": gen.integers(0, 256, (n_train, side, side, 3), dtype=np.uint8),
                   "y_train": np.arange(n_train) % classes,
                   "x_test": gen.integers(0, 256, (N_EXAMPLES, side, side, 3), dtype=np.uint8),
@@ -155,6 +162,11 @@ def _dataset(name: str, root: str, folder: Path) -> tuple[str, str]:
         os.replace(tmp, path)
     return f"npz:{path}", (f"{name}: synthetic ({classes} classes, {side}x{side} random images; "
                            f"{name} was not under {root})")
+
+
+def _train_size(path: Path) -> int:
+    with np.load(path) as arrays:
+        return len(arrays["y_train"])
 
 
 def _zoo_teacher(cell: Cell, real: Grid, folder: Path) -> str:
@@ -189,32 +201,16 @@ def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(run_dir / RECORD, record)
 
 
-class _StopAtCheck(threading.Event):
-    """A stop request that fires at the engine's ``n``-th look at it. A single-process run
-    looks once after every step but the epoch's last, and once after each epoch but the
-    last: with :data:`STEPS` = 2 the third look is after step 1 of epoch 2, mid-epoch.
-    ``fire`` makes the request: sets this event, or (SLURM) signals this very process so
-    that the job's own handler sets the engine's flag and requeues."""
-
-    def __init__(self, n: int, fire: Callable[[], None] | None = None,
-                 flag: threading.Event | None = None):
-        super().__init__()
-        self.n, self.seen, self.fire, self.flag = n, 0, fire or super().set, flag or self
-
-    def is_set(self) -> bool:
-        self.seen += 1
-        if self.seen == self.n:
-            self.fire()
-        return threading.Event.is_set(self.flag)
-
-
 def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
     """Measure, train straight, train stopped and resumed, compare; resumable at each stage
     (``rehearsal.json``). Returns ``{"interrupted": ...}`` when a SLURM job was stopped to
-    be requeued (its requeued run resumes here)."""
+    be requeued (its requeued run resumes here). With ``--procs-per-cell N`` the three runs
+    are N processes each (:func:`ciard_bench.grid.procs.train_processes`) and the step is
+    measured at the per-process batch."""
     run_dir = grid.run_dir(cell)
     record = read_record(run_dir)
     device = resolve_device(cell.config.device)
+    procs = grid.settings.get("procs_per_cell", 1)
     if "measured" not in record:
         if RunDir(run_dir).exists():   # a rehearsal killed before its record: start afresh
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -224,21 +220,23 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
         measure = dataclasses.replace(real, dataset=cfg.dataset, data_root=cfg.data_root,
                                       clean_teacher=cfg.clean_teacher,
                                       robust_teacher=cfg.robust_teacher,
-                                      teacher_model_dir=cfg.teacher_model_dir, out=cfg.out)
+                                      teacher_model_dir=cfg.teacher_model_dir, out=cfg.out,
+                                      batch_size=real.batch_size // procs)
         start = time.perf_counter()
-        record["measured"] = {**measure_training(measure, device),
+        record["measured"] = {**measure_training(measure, device), "procs": procs,
                               "seconds": time.perf_counter() - start}
         _write_record(run_dir, record)
     straight = grid.results / "rehearsal-straight" / cell.id
     if "straight" not in record:
         shutil.rmtree(straight, ignore_errors=True)
         start = time.perf_counter()
-        engine.train(dataclasses.replace(cell.config, out=str(straight)), progress=False)
+        _train(dataclasses.replace(cell.config, out=str(straight)), procs, resume=False)
         record["straight"] = {"seconds": time.perf_counter() - start}
         _write_record(run_dir, record)
     if "stopped" not in record:
         start = time.perf_counter()
-        out = engine.train(cell.config, progress=False, stop=_stop(grid, cell))
+        out = _train(cell.config, procs, resume=False, stop_at=_stop_look(procs),
+                     fire=_fire(grid, cell, procs))
         record["stopped"] = {**out.get("interrupted", {"epoch": None, "step": None}),
                              "seconds": time.perf_counter() - start}
         _write_record(run_dir, record)
@@ -246,9 +244,13 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
             raise RuntimeError(f"{cell.id}: the stop request inside epoch {EPOCHS} did not stop "
                                "the run")
         if cell.id == requeued_cell(grid):
+            if procs > 1:               # the processes have saved; now the job's own signal
+                _signal_self()
             return out                  # the job's handler requeues; the new job resumes below
     start = time.perf_counter()
-    engine.train(cell.config, resume=True, progress=False)
+    out = _train(cell.config, procs, resume=True)
+    if "interrupted" in out:            # a real stop request (a preempted job): resumed later
+        return out
     record["resumed"] = {"seconds": time.perf_counter() - start,
                          **compare_runs(straight, run_dir)}
     _write_record(run_dir, record)
@@ -256,19 +258,44 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
         raise RuntimeError(f"{cell.id}: stopped at epoch {record['stopped']['epoch']} step "
                            f"{record['stopped']['step']} and resumed, the run differs from the "
                            f"straight one by up to {record['resumed']['max_abs_difference']:g}")
+    shutil.rmtree(straight, ignore_errors=True)      # compared: its checkpoints are not needed
     return {}
 
 
-def _stop(grid: Grid, cell: Cell) -> threading.Event:
-    """The stop request of the cell's stopped run: in-process; for the one cell a SLURM
-    rehearsal requeues (:func:`requeued_cell`), the job's own USR2 path."""
-    if cell.id != requeued_cell(grid):
-        return _StopAtCheck(3)
-    usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+def _train(cfg: Any, procs: int, resume: bool, stop_at: int | None = None,
+           fire: Callable[[], None] | None = None) -> dict[str, Any]:
+    """One run of the cell, in this process or on ``procs`` processes; stopped at the
+    ``stop_at``-th look at the stop flag when given. Returns the engine's result
+    (``{"interrupted": {"epoch", "step"}}`` when it stopped)."""
+    if procs == 1:
+        stop = StopAtLook(stop_at, fire, engine.STOP if fire else None) if stop_at else None
+        return engine.train(cfg, resume=resume, progress=False, stop=stop)
+    # engine.STOP: a real stop request (a SLURM job's signal) is passed on to the processes
+    if train_processes(resolve(cfg), procs, resume, engine.STOP, stop_at=stop_at):
+        return {}
+    last = RunDir(cfg.out).read_state().get("last") or {}
+    return {"interrupted": {"epoch": last.get("epoch"), "step": last.get("step")}}
 
-    def signal_self() -> None:
-        os.kill(os.getpid(), usr)     # the job's handler sets engine.STOP at once
-    return _StopAtCheck(3, signal_self, engine.STOP)
+
+def _stop_look(procs: int) -> int:
+    """The look at the stop flag that comes after step 1 of epoch 2 (:class:`StopAtLook`):
+    one process looks after steps 1 .. STEPS-1 and at the epoch's end (STEPS looks an
+    epoch); several look after every step and at the epoch's end (STEPS + 1)."""
+    return (STEPS if procs == 1 else STEPS + 1) + 1
+
+
+def _fire(grid: Grid, cell: Cell, procs: int) -> Callable[[], None] | None:
+    """How the stopped run's stop request is made: in-process (None); for the one cell a
+    SLURM rehearsal requeues (:func:`requeued_cell`) the job's own USR2, which sets the
+    engine's flag and requeues (several processes: sent once they have saved)."""
+    if cell.id != requeued_cell(grid) or procs > 1:
+        return None
+    return _signal_self
+
+
+def _signal_self() -> None:
+    """The job's preemption signal to this very process: its handler sets engine.STOP."""
+    os.kill(os.getpid(), getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG))
 
 
 def requeued_cell(grid: Grid) -> str | None:

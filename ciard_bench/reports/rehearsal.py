@@ -3,7 +3,9 @@ memory) and what its measurements project for the real cell, beside ``--dry-run`
 
 Projections (all stated in the report):
 
-* **a training step at the real batch B**: on a GPU the step measured at B; on a CPU
+* **a training step at the real batch B** (with ``--procs-per-cell N``, a process's step at
+  its batch B / N; the processes' gradient all-reduce is not included): on a GPU the step
+  measured at B; on a CPU
   ``seconds = b x batch`` fitted (least squares through the origin) to the median step
   times measured at batch 2 and 4, checked against the step measured at batch 8 (its error
   is reported);
@@ -86,10 +88,13 @@ def step_projection(measured: dict) -> dict[str, Any]:
     slope = line({k: rows[str(k)]["peak_bytes"] for k in measured["fit"]})[1] \
         if len(measured["fit"]) > 1 else 0.0
     state = rows[str(max(measured["fit"]))]["state_bytes"]
+    procs = measured.get("procs", 1)
     how = (f"measured at batch {b} on {measured['device']}" if str(b) in rows else
            f"line through batches {', '.join(map(str, measured['fit']))} on "
            f"{measured['device']}, checked at {', '.join(map(str, measured['check']))}")
-    return {"batch": b, "s": seconds, "peak_bytes": peak, "state_bytes": state,
+    if procs > 1:
+        how += f" (a process of {procs}; their gradient all-reduce not included)"
+    return {"batch": b, "procs": procs, "s": seconds, "peak_bytes": peak, "state_bytes": state,
             "activation_bytes": max(peak - state, 0.0), "activation_bytes_per_point": slope,
             "how": how, "time_check": s_check, "memory_check": m_check}
 
@@ -105,7 +110,9 @@ def fit_budget(step: dict, budget_gb: float) -> dict[str, Any]:
         out["setting"] = (f"none: the model state alone is {state / GB:.1f} GB (needs sharding, "
                           "which ciard-bench does not do)")
         return out
-    # fewest GPUs first, and on each count bf16 only when fp32 does not fit
+    # fewest GPUs first, and on each count bf16 only when fp32 does not fit; ``n`` times the
+    # processes the step was measured with (``procs``: its batch is a process's)
+    procs = step.get("procs", 1)
     for n, amp in ((1, True), (2, False), (2, True), (4, False), (4, True), (8, False), (8, True)):
         if step["batch"] % n:
             continue
@@ -113,7 +120,8 @@ def fit_budget(step: dict, budget_gb: float) -> dict[str, Any]:
         need = state + max(less, 0.0) * (BF16_ACTIVATIONS if amp else 1.0)
         if need <= budget_gb * GB:
             parts = (["--amp bf16"] if amp else []) + (
-                [f"{n} processes per cell (batch {step['batch'] // n} each)"] if n > 1 else [])
+                [f"{n * procs} processes per cell (batch {step['batch'] // n} each)"]
+                if n > 1 else [])
             out.update(setting=" + ".join(parts), projected_gb=need / GB)
             return out
     out["setting"] = "none found up to bf16 and 8 processes"
@@ -331,7 +339,8 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(
             f"| `{r['id']}` | {status} | {r.get('steps', 0)} | {r.get('train_s', 0):.0f} / "
             f"{r.get('eval_s', 0):.0f} | "
-            + (f"{step['s']:.3g} s (B={step['batch']})" if step else "—") + " | "
+            + (f"{step['s']:.3g} s (B={step['batch']}{_per_process(step)})" if step else "—")
+            + " | "
             + (_gb(step["peak_bytes"]) if step else "—") + " | "
             + f"{_h(p.get('total_s'))} ({_h(p.get('train_s'))} + {_h(p.get('epoch_eval_s'))} + "
             f"{_h(p.get('eval_s'))}) | {_h(p.get('dry_run_s'))} | " + " | ".join(fits) + " |")
@@ -354,6 +363,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{sorted(errors)[len(errors) // 2]:.1f} %, largest {max(errors):.1f} %."]
     out += ["", *notes, "", "## How the projections are made", "", report["method"], ""]
     return "\n".join(out)
+
+
+def _per_process(step: dict) -> str:
+    procs = step.get("procs", 1)
+    return f" a process, {procs} processes" if procs > 1 else ""
 
 
 def _fits(f: dict, step: dict, budget_gb: float) -> str:
