@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from ciard_bench.models import create_model, save_model_file
 from ciard_bench.reports import rehearsal as report
 from ciard_bench.tables import main
 from ciard_bench.utils import resolve_device
+from slurm_helpers import needs_slurm, queue_state, wait_for
 
 
 def _main(*argv: str) -> tuple[int, str, str]:
@@ -264,8 +264,7 @@ def test_training_step_memory_projects_to_a_batch_not_fitted():
     assert math.isfinite(step["time_check"]["error_pct"]) and step["s"] > 0
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM's sbatch is not on PATH "
-                    "(.ci/slurm-start starts a single-node SLURM; CI runs this test)")
+@needs_slurm
 def test_a_rehearsal_through_slurm_submits_requeues_one_cell_and_reports(tmp_path):
     results = tmp_path / "smoke"
     folder = tmp_path / "smoke-rehearsal"
@@ -283,10 +282,8 @@ def test_a_rehearsal_through_slurm_submits_requeues_one_cell_and_reports(tmp_pat
             assert time.monotonic() < end and proc.poll() is None, "no stop recorded"
             time.sleep(0.5)
         job = json.loads((clean / "slurm.json").read_text())["train"]["job_id"]
-        while subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
-                             text=True, timeout=30).stdout.strip() != "PENDING":
-            assert time.monotonic() < end, "the stopped job was not requeued"
-            time.sleep(0.5)
+        wait_for("the stopped job to be requeued", lambda: queue_state(job) == "PENDING",
+                 end - time.monotonic(), poll=0.5)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True,
                        timeout=30)
         out, _ = proc.communicate(timeout=300)

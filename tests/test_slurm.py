@@ -31,10 +31,7 @@ import pytest
 import torch
 
 from ciard_bench.tables import build_grid, get_preset, main
-
-needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
-                                 reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
-                                 "a single-node SLURM; CI runs these tests)")
+from slurm_helpers import last_checkpoint, needs_slurm, queue_state, wait_for
 
 GRID = ["--epochs", "1", "--teacher-epochs", "4", "--n-train", "128", "--n-test", "16",
         "--n-examples", "16", "--sanity-examples", "8", "--threads", "1", "--students",
@@ -45,33 +42,8 @@ CELLS = ["digits/teachers/clean/seed0", ROBUST, "digits/resnet18/sat/seed0",
 TABLES = [f"{t}{ext}" for t in ("table2", "table3", "table5", "table_aa") for ext in (".csv", ".md")]
 
 
-def _wait(what: str, check, timeout: float, poll: float = 0.1):
-    """Poll ``check()`` until it returns something true; fail naming ``what`` after ``timeout``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _queue_state(job: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True,
-                         text=True, timeout=30).stdout.strip()
-    return out
-
-
-def _last(run: Path) -> dict:
-    """The run's last checkpoint entry (epoch, step, file), {} before the first."""
-    try:
-        return json.loads((run / "run.json").read_text()).get("last", {})
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def _last_epoch(run: Path) -> int:
-    return _last(run).get("epoch", 0)
+    return last_checkpoint(run).get("epoch", 0)
 
 
 def _main(*argv: str) -> tuple[int, str, str]:
@@ -111,7 +83,7 @@ def slurm_grid(tmp_path_factory):
     seen = {}
     try:
         # a live local run owns its folder: a submission there is refused, naming it
-        _wait("the local run's launcher.json", lambda: (local / "launcher.json").is_file(), 60)
+        wait_for("the local run's launcher.json", lambda: (local / "launcher.json").is_file(), 60)
         seen["refused_slurm"] = _slurm(local)
 
         seen["first"] = _slurm(results)
@@ -122,21 +94,21 @@ def slurm_grid(tmp_path_factory):
         # preempt the robust teacher's training after its first epoch's checkpoint
         job = seen["ids"][f"{ROBUST} train"]
         run = results / "runs" / ROBUST
-        _wait("the robust teacher's first epoch", lambda: _last_epoch(run) >= 1, 120, poll=0.05)
+        wait_for("the robust teacher's first epoch", lambda: _last_epoch(run) >= 1, 120, poll=0.05)
         seen["epoch_at_signal"] = _last_epoch(run)
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         # requeued: pending on a begin time ~2.5 min away; let it start now (FACTS.md)
-        _wait("the requeued job to be pending", lambda: _queue_state(job) == "PENDING", 60)
-        seen["saved_on_signal"] = _last(run)       # what the job saved before it requeued
+        wait_for("the requeued job to be pending", lambda: queue_state(job) == "PENDING", 60)
+        seen["saved_on_signal"] = last_checkpoint(run)       # what the job saved before it requeued
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True,
                        timeout=30)
         seen["restarts"] = re.search(r"Restarts=(\d+)", subprocess.run(
             ["scontrol", "show", "job", job], capture_output=True, text=True,
             timeout=30).stdout).group(1)
-        _wait("every cell done", lambda: all(
+        wait_for("every cell done", lambda: all(
             (results / "runs" / c / "eval-best.json").is_file() for c in CELLS), 300, poll=1)
-        _wait("the queue to drain", lambda: all(
-            _queue_state(j) in ("", "COMPLETED") for j in seen["ids"].values()), 60, poll=1)
+        wait_for("the queue to drain", lambda: all(
+            queue_state(j) in ("", "COMPLETED") for j in seen["ids"].values()), 60, poll=1)
         seen["status"] = _main("--results-dir", str(results), *GRID, "--status")
         seen["rerun"] = _slurm(results)             # all done: renders the tables
         out, _ = reference.communicate(timeout=300)
@@ -231,7 +203,7 @@ def test_wait_resubmits_only_the_missing_task_and_renders(slurm_grid, tmp_path):
     assert code == 0, out
     assert out.count("submitted: ") == 1 and f"submitted: {CELLS[0]} eval: job" in out
     new = json.loads((copy / "runs" / CELLS[0] / "slurm.json").read_text())["eval"]["job_id"]
-    assert new not in seen["ids"].values() and _queue_state(new) in ("", "COMPLETED")
+    assert new not in seen["ids"].values() and queue_state(new) in ("", "COMPLETED")
     for name in TABLES:                  # waited, then rendered: the same tables
         assert (copy / name).read_text() == (local / name).read_text(), name
 
@@ -245,7 +217,7 @@ def test_wait_resubmits_only_the_missing_task_and_renders(slurm_grid, tmp_path):
     before = (run / "run.json").read_bytes()
     options = slurm.check_cluster(slurm.SlurmOptions())
     job = slurm._submit_one(grid, grid.by_id()[CELLS[0]], "train", "best", options, [])
-    _wait("the duplicate job to end", lambda: _queue_state(job) in ("", "COMPLETED"), 120, poll=0.5)
+    wait_for("the duplicate job to end", lambda: queue_state(job) in ("", "COMPLETED"), 120, poll=0.5)
     with open(run / "slurm" / f"{job}_0_result.pkl", "rb") as f:
         assert pickle.load(f) == ("success", {"train_s": 0.0})
     assert (run / "run.json").read_bytes() == before
@@ -358,12 +330,12 @@ def test_scancel_saves_at_the_next_step_and_the_rerun_resumes_it(slurm_grid, tmp
     job = slurm._submit_one(grid, cell, "train", "best", slurm.check_cluster(
         slurm.SlurmOptions()), [])
     try:
-        _wait("the first epoch", lambda: _last_epoch(run) >= 1, 120, poll=0.05)
+        wait_for("the first epoch", lambda: _last_epoch(run) >= 1, 120, poll=0.05)
         subprocess.run(["scancel", job], check=True, timeout=30)
-        _wait("the job's result", lambda: (run / "slurm" / f"{job}_0_result.pkl").is_file(), 90)
+        wait_for("the job's result", lambda: (run / "slurm" / f"{job}_0_result.pkl").is_file(), 90)
     finally:
         subprocess.run(["scancel", job], timeout=30)
-    saved = _last(run)
+    saved = last_checkpoint(run)
     assert saved["epoch"] == 2 and 0 < saved["step"] < 4, saved          # mid-epoch
     where = f"epoch 2 step {saved['step']}"
     logs = "".join(p.read_text() for p in (run / "slurm").glob(f"{job}_0_log.*"))

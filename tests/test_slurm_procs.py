@@ -13,45 +13,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from ciard_bench.models import create_model, save_model_file
 from ciard_bench.tables import main
-
-needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
-                                 reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
-                                 "a single-node SLURM; CI runs these tests)")
+from slurm_helpers import last_checkpoint, needs_slurm, queue_state, wait_for
 
 CELL = "digits/resnet18/sat/seed0"
 TABLES = [f"{t}{ext}" for t in ("table2", "table3", "table5", "table_aa") for ext in (".csv", ".md")]
-
-
-def _wait(what: str, check, timeout: float, poll: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _state(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"],
-                          capture_output=True, text=True, timeout=30).stdout.strip()
-
-
-def _last(run: Path) -> dict:
-    try:
-        return json.loads((run / "run.json").read_text()).get("last", {})
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 @pytest.fixture(autouse=True)
@@ -118,13 +90,14 @@ def test_a_two_process_training_job_preempted_mid_epoch_resumes_and_equals_local
     ids = [job, json.loads((results / "runs" / CELL / "slurm.json").read_text())["eval"]["job_id"]]
     run = results / "runs" / CELL
     try:
-        _wait("epoch 1's checkpoint", lambda: _last(run).get("epoch", 0) >= 1, 600)
+        wait_for("epoch 1's checkpoint", lambda: last_checkpoint(run).get("epoch", 0) >= 1, 600,
+                 poll=0.05)
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-        _wait("the requeued job to be pending", lambda: _state(job) == "PENDING", 120, poll=0.2)
-        saved = _last(run)
+        wait_for("the requeued job to be pending", lambda: queue_state(job) == "PENDING", 120, poll=0.2)
+        saved = last_checkpoint(run)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
-        _wait("the cell's evaluation", lambda: (run / "eval-best.json").is_file(), 600, poll=1)
-        _wait("the queue to drain", lambda: all(_state(j) in ("", "COMPLETED") for j in ids), 120, poll=1)
+        wait_for("the cell's evaluation", lambda: (run / "eval-best.json").is_file(), 600, poll=1)
+        wait_for("the queue to drain", lambda: all(queue_state(j) in ("", "COMPLETED") for j in ids), 120, poll=1)
     finally:
         subprocess.run(["scancel", *ids], timeout=30)
     assert saved["epoch"] == 2 and 0 < saved["step"] < 8, saved           # mid-epoch
