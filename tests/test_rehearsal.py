@@ -80,6 +80,15 @@ def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
             200 if "teachers" in cid else 300)
         assert set(c["projection"]["budgets"]) == {"0.5", "24", "40", "80"}
     ciard = cells["cifar10/mobilenet_v2/ciard/seed0"]
+    # disk: CIARD's last checkpoint holds the WRN-34-10 teacher ITT trains and its momentum
+    teacher = (folder / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt").stat().st_size
+    student = 4 * sum(p.numel() for p in create_model("mobilenet_v2", 10).parameters())
+    disk = ciard["checkpoint_bytes"]
+    assert disk["last"] > 2 * 0.95 * teacher and student < disk["best"] < 2 * student
+    assert rep["checkpoint_bytes"]["cells"] == 3                # the two trained teachers too
+    assert rep["checkpoint_bytes"]["total"] == sum(
+        sum(c["checkpoint_bytes"].values()) for c in rep["cells"] if c["checkpoint_bytes"])
+    assert rep["checkpoint_bytes"]["largest_cell"] == ciard["id"]
     measured = json.loads((folder / "runs" / "npz-cifar10-synthetic" / "mobilenet_v2" / "ciard" /
                            "seed0" / "rehearsal.json").read_text())["measured"]
     assert measured["itt"] and measured["epoch"] == 300         # ITT on, at the real epoch

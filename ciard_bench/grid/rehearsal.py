@@ -253,6 +253,7 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
         return out
     record["resumed"] = {"seconds": time.perf_counter() - start,
                          **compare_runs(straight, run_dir)}
+    record["checkpoints"] = checkpoint_bytes(run_dir)
     _write_record(run_dir, record)
     if device.type == "cpu" and not record["resumed"]["exact"]:
         raise RuntimeError(f"{cell.id}: stopped at epoch {record['stopped']['epoch']} step "
@@ -306,6 +307,14 @@ def requeued_cell(grid: Grid) -> str | None:
     if grid.settings["rehearse"].get("launcher") != "slurm":
         return None
     return next((c.id for c in grid.cells if c.trained), None)
+
+
+def checkpoint_bytes(run_dir: Path) -> dict[str, int]:
+    """Bytes of the run's ``last`` and ``best`` checkpoint files: what the real cell keeps on
+    disk (the same models, method state and optimiser state; only the log is longer)."""
+    state = RunDir(run_dir).read_state()
+    return {which: (run_dir / "checkpoints" / state[which]["file"]).stat().st_size
+            for which in ("last", "best") if state.get(which)}
 
 
 def compare_runs(a: Path, b: Path) -> dict[str, Any]:

@@ -20,6 +20,8 @@ Projections (all stated in the report):
   sanity checks and the whole-test-set clean pass. Attack passes assume every point stays
   robust to the end (AutoAttack's cascade and the skip of misclassified points make the
   real cost lower): an upper bound;
+* **disk**: the rehearsal's ``last`` and ``best`` checkpoint files of each trained cell are
+  the real cell's sizes (the same architectures, method state and optimiser state);
 * **memory budgets**: a cell whose projected peak exceeds a budget gets the first setting
   that fits: ``--amp bf16`` (activations assumed halved, the fp32 model state kept), a
   smaller per-process batch (N processes per cell, B / N each), or both.
@@ -259,6 +261,7 @@ def build_report(real: Grid, grid: Grid, plan: dict, summary: dict, which: str,
         timing = store.cell_timing(grid, cell)
         row.update({k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing})
         row["resume"] = record.get("resumed")
+        row["checkpoint_bytes"] = record.get("checkpoints")
         row["stopped_at"] = {k: record["stopped"].get(k) for k in ("epoch", "step")} \
             if "stopped" in record else None
         try:
@@ -281,9 +284,23 @@ def build_report(real: Grid, grid: Grid, plan: dict, summary: dict, which: str,
             "counts": {s: sum(r["status"] == s for r in rows)
                        for s in ("pass", "fail", "not run")},
             "projected_total_h": total / 3600,
+            "checkpoint_bytes": _disk(rows),
             "dry_run_total_h": sum(r["projection"]["dry_run_s"] for r in rows) / 3600,
             "budgets_gb": list(budgets), "method": __doc__.split("Projections (all stated in "
                                                                  "the report):")[1].strip()}
+
+
+def _disk(rows: list[dict]) -> dict[str, Any]:
+    """What the real grid's checkpoints take on disk: every trained cell's ``last`` and
+    ``best`` (the rehearsal's files: the same models and state), and the largest cell's
+    while it saves (the new ``last`` is written before the old one is removed)."""
+    sizes = {r["id"]: r["checkpoint_bytes"] for r in rows if r.get("checkpoint_bytes")}
+    if not sizes:
+        return {"cells": 0}
+    kept = {cid: sum(s.values()) for cid, s in sizes.items()}
+    largest = max(sizes, key=lambda cid: kept[cid] + sizes[cid].get("last", 0))
+    return {"cells": len(sizes), "total": sum(kept.values()), "largest_cell": largest,
+            "largest_saving": kept[largest] + sizes[largest].get("last", 0)}
 
 
 def _h(seconds: float | None) -> str:
@@ -310,6 +327,13 @@ def markdown(report: dict[str, Any]) -> str:
     costly = sorted(report["cells"], key=lambda r: -r["projection"].get("total_s", 0.0))[:5]
     out += ["Costliest cells: " + ", ".join(f"`{r['id']}` {_h(r['projection'].get('total_s'))}"
                                              for r in costly) + ".", ""]
+    disk = report.get("checkpoint_bytes", {})
+    if disk.get("cells"):
+        out += [f"Disk: the real grid's checkpoints take **{_gb(disk['total'])}** (`last` and "
+                f"`best` of {disk['cells']} trained cells: the rehearsal's own files, the same "
+                f"models and state); a save writes the new `last` before removing the old, so "
+                f"the largest cell, `{disk['largest_cell']}`, needs "
+                f"{_gb(disk['largest_saving'])} while it saves.", ""]
     for b in report["budgets_gb"]:
         over = [(r["id"], r["projection"]["budgets"][f"{b:g}"]) for r in report["cells"]
                 if not r["projection"].get("budgets", {}).get(f"{b:g}", {"fits": True})["fits"]]
@@ -325,8 +349,8 @@ def markdown(report: dict[str, Any]) -> str:
     out.append("")
     heads = " | ".join(f"{b:g} GB" for b in report["budgets_gb"])
     out += [f"| cell | status | steps | rehearsal s (train/eval) | s/step at B | peak at B | "
-            f"projected (train + epoch evals + eval) | dry-run | {heads} |",
-            "|" + "---|" * (8 + len(report["budgets_gb"]))]
+            f"projected (train + epoch evals + eval) | dry-run | checkpoints | {heads} |",
+            "|" + "---|" * (9 + len(report["budgets_gb"]))]
     notes = []
     for r in report["cells"]:
         p = r["projection"]
@@ -343,7 +367,9 @@ def markdown(report: dict[str, Any]) -> str:
             + " | "
             + (_gb(step["peak_bytes"]) if step else "—") + " | "
             + f"{_h(p.get('total_s'))} ({_h(p.get('train_s'))} + {_h(p.get('epoch_eval_s'))} + "
-            f"{_h(p.get('eval_s'))}) | {_h(p.get('dry_run_s'))} | " + " | ".join(fits) + " |")
+            f"{_h(p.get('eval_s'))}) | {_h(p.get('dry_run_s'))} | "
+            + (_gb(sum(r["checkpoint_bytes"].values())) if r.get("checkpoint_bytes") else "—")
+            + " | " + " | ".join(fits) + " |")
         if r.get("traceback"):
             notes.append(f"- `{r['id']}`: traceback in `{r['traceback']}`")
         if p.get("error"):
