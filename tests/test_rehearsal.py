@@ -43,11 +43,11 @@ def paper_cut(tmp_path_factory):
     """The paper grid cut to CIFAR-10 (absent here: synthetic stand-in), the MobileNet-V2
     student, CIARD and SAT; its RobustBench teacher absent too (random-weight stand-in)."""
     root = tmp_path_factory.mktemp("paper")
-    code, out, err = _main("--preset", "paper", "--rehearse", "--dataset", "cifar10",
-                           "--students", "mobilenet_v2", "--methods", "sat,ciard",
-                           "--results-dir", str(root / "results" / "paper"),
-                           "--data-root", str(root / "data"), "--model-dir",
-                           str(root / "models"), "--memory-budget", "0.5")
+    with pytest.MonkeyPatch.context() as mp:     # run from root, as from a clone: relative paths
+        mp.chdir(root)
+        code, out, err = _main("--preset", "paper", "--rehearse", "--dataset", "cifar10",
+                               "--students", "mobilenet_v2", "--methods", "sat,ciard",
+                               "--memory-budget", "0.5")
     folder = root / "results" / "paper-rehearsal"
     return root, folder, code, out, err, json.loads((folder / "rehearsal.json").read_text())
 
@@ -64,6 +64,11 @@ def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
     assert "random weights" in rep["stand_ins"]["teachers"]["rb:Zhang2019Theoretically"]
     assert (folder / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt").is_file()
     assert not (root / "models").exists() and not (root / "results" / "paper").exists()
+    # the stand-in is named as the results folder is (relative here): no machine's path
+    record = json.loads((folder / "grid.json").read_text())
+    assert {c["dataset"] for c in record["cells"]} == \
+        {"npz:results/paper-rehearsal/data/cifar10-synthetic.npz"}
+    assert record["settings"]["rehearse"] == {"launcher": "local"}
     cells = {c["id"]: c for c in rep["cells"]}
     for cid in ("cifar10/teachers/clean/seed0", "cifar10/mobilenet_v2/ciard/seed0"):
         c = cells[cid]
@@ -232,7 +237,7 @@ def test_a_rehearsal_on_two_processes_per_cell_stops_and_resumes_them_exactly(tm
     launches = (run / "torchrun.log").read_text()
     assert launches.count("process 0 of 2") == 2 and launches.count("process 1 of 2") == 2
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4    # 2 a process
-    assert not (folder / "rehearsal-straight" / cell["rehearsal_id"]).exists()  # compared
+    assert not (folder / "rehearsal-straight").exists()     # compared, then removed
     assert f"(B={batch // 2} a process, 2 processes)" in (folder / "rehearsal.md").read_text()
 
 

@@ -147,7 +147,9 @@ def _dataset(name: str, root: str, folder: Path, n_train: int) -> tuple[str, str
         if name.startswith("npz:") or name.lower() not in SHAPES:
             raise
     classes, side = SHAPES[name.lower()]
-    path = (folder / "data" / f"{name.lower()}-synthetic.npz").resolve()
+    # as the results folder is: relative under the local launcher (no machine's path in
+    # grid.json or the page), absolute under SLURM (jobs may start elsewhere)
+    path = folder / "data" / f"{name.lower()}-synthetic.npz"
     if not path.is_file() or _train_size(path) < n_train:
         path.parent.mkdir(parents=True, exist_ok=True)
         gen = np.random.default_rng(0)
@@ -259,8 +261,20 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
         raise RuntimeError(f"{cell.id}: stopped at epoch {record['stopped']['epoch']} step "
                            f"{record['stopped']['step']} and resumed, the run differs from the "
                            f"straight one by up to {record['resumed']['max_abs_difference']:g}")
-    shutil.rmtree(straight, ignore_errors=True)      # compared: its checkpoints are not needed
+    _remove(straight, grid.results / "rehearsal-straight")   # compared: not needed any more
     return {}
+
+
+def _remove(run: Path, root: Path) -> None:
+    """Remove the run folder ``run`` and the folders above it up to ``root`` left empty."""
+    shutil.rmtree(run, ignore_errors=True)
+    for parent in run.parents:
+        if parent == root.parent:
+            break
+        try:
+            parent.rmdir()
+        except OSError:         # not empty (another cell's), or gone
+            break
 
 
 def _train(cfg: Any, procs: int, resume: bool, stop_at: int | None = None,

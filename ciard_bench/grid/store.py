@@ -314,9 +314,17 @@ def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dic
             t["train_s"] += c.get("train_s", 0.0)
             t["eval_s"] += c.get("eval_s", 0.0)
     return {"format": "ciard-bench/tables-grid/1", "preset": grid.preset.name,
-            "checkpoint": which, "settings": {k: v for k, v in grid.settings.items()
-                                             if k not in ("device", "data_root", "model_dir")},
+            "checkpoint": which, "settings": _recorded_settings(grid.settings),
             "counts": counts, "totals": totals, "cells": cells}
+
+
+def _recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``grid.json`` records: not this machine's paths, nor a rehearsal's copy
+    of the real grid's cell configs (its report maps each cell to its real one)."""
+    out = {k: v for k, v in settings.items() if k not in ("device", "data_root", "model_dir")}
+    if "rehearse" in out:
+        out["rehearse"] = {k: v for k, v in out["rehearse"].items() if k != "real"}
+    return out
 
 
 def write_grid(grid: Grid, which: str, selected: set[str] | None = None,
