@@ -149,6 +149,26 @@ def test_the_real_results_folder_is_untouched_and_a_real_run_after_is_unaffected
         {k: v for k, v in before.items() if k not in own}
 
 
+def test_a_rehearsal_killed_in_its_stopped_run_resumes_and_passes(tmp_path):
+    """SIGKILL in the middle of a cell's second (stopped) run, the one that leaves a run
+    folder behind; the same command again finishes the rehearsal, the cell resumed exactly."""
+    argv = [sys.executable, "-m", "ciard_bench.tables", *SMOKE, "--methods", "sat", "--only",
+            "teacher", "--results-dir", str(tmp_path / "smoke"), "--rehearse"]
+    env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_KILL_AT"}
+    # the clean teacher's straight run takes steps 1-4; the 7th is its stopped run's first
+    # step of epoch 2, after epoch 1 was saved
+    killed = subprocess.run(argv, env={**env, "CIARD_BENCH_KILL_AT": "step:7"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0
+    run = tmp_path / "smoke-rehearsal" / "runs" / "digits" / "teachers" / "clean" / "seed0"
+    assert "stopped" not in _record(run) and (run / "run.json").is_file()
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-800:] + again.stderr[-800:]
+    record = _record(run)
+    assert {k: record["stopped"][k] for k in ("epoch", "step")} == {"epoch": 2, "step": 1}
+    assert record["resumed"]["exact"]
+
+
 def test_a_planted_failure_fails_its_cells_alone_with_one_line(tmp_path, monkeypatch):
     def broken(self, x, y):
         raise RuntimeError("planted failure inside the RSLAD step")

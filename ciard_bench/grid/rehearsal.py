@@ -214,9 +214,6 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
     device = resolve_device(cell.config.device)
     procs = grid.settings.get("procs_per_cell", 1)
     if "measured" not in record:
-        if RunDir(run_dir).exists():   # a rehearsal killed before its record: start afresh
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            (run_dir / "run.json").unlink(missing_ok=True)
         real = resolve(grid.settings["rehearse"]["real"][cell.id])
         cfg = resolve(cell.config)
         measure = dataclasses.replace(real, dataset=cfg.dataset, data_root=cfg.data_root,
@@ -236,6 +233,9 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
         record["straight"] = {"seconds": time.perf_counter() - start}
         _write_record(run_dir, record)
     if "stopped" not in record:
+        if RunDir(run_dir).exists():   # a rehearsal killed before its record: start afresh
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            (run_dir / "run.json").unlink(missing_ok=True)
         start = time.perf_counter()
         out = _train(cell.config, procs, resume=False, stop_at=_stop_look(procs),
                      fire=_fire(grid, cell, procs))
