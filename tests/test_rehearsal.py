@@ -22,7 +22,7 @@ from ciard_bench.grid import get_preset
 from ciard_bench.grid.measure import LiveBytes, measure_training
 from ciard_bench.methods import get_method
 from ciard_bench.models import create_model, save_model_file
-from ciard_bench.reports import rehearsal as report
+from ciard_bench.reports import projection
 from ciard_bench.tables import main
 from ciard_bench.utils import resolve_device
 from slurm_helpers import needs_slurm, queue_state, wait_for
@@ -205,26 +205,26 @@ def test_memory_budget_needs_rehearse_and_a_positive_number(tmp_path):
 
 
 def test_line_and_budget_against_hand_computations():
-    assert report.line({"2": 5.0, "4": 9.0}) == (1.0, 2.0)
+    assert projection.line({"2": 5.0, "4": 9.0}) == (1.0, 2.0)
     step = {"batch": 128, "peak_bytes": 30e9, "state_bytes": 10e9, "activation_bytes": 20e9,
             "activation_bytes_per_point": 20e9 / 128}
-    assert report.fit_budget(step, 40) == {"fits": True}
+    assert projection.fit_budget(step, 40) == {"fits": True}
     # 24 GB: bf16 alone gives 10 + 20 / 2 = 20 GB
-    assert report.fit_budget(step, 24) == {"fits": False, "setting": "--amp bf16",
+    assert projection.fit_budget(step, 24) == {"fits": False, "setting": "--amp bf16",
                                            "projected_gb": pytest.approx(20.0)}
     # 16 GB: two processes (10 + 10 = 20) no, two in bf16 (10 + 5 = 15) yes
-    got = report.fit_budget(step, 16)
+    got = projection.fit_budget(step, 16)
     assert got["setting"] == "--amp bf16 + 2 processes per cell (batch 64 each)"
     assert got["projected_gb"] == pytest.approx(15.0)
     # 13 GB: four processes in bf16 (10 + 2.5)
-    assert report.fit_budget(step, 13)["setting"] == \
+    assert projection.fit_budget(step, 13)["setting"] == \
         "--amp bf16 + 4 processes per cell (batch 32 each)"
-    assert report.fit_budget(step, 8)["setting"].startswith("none: the model state alone")
+    assert projection.fit_budget(step, 8)["setting"].startswith("none: the model state alone")
     # measured as one of 2 processes (batch 128 a process): twice as many processes, 4
     per_process = {**step, "procs": 2}
-    assert report.fit_budget(per_process, 16)["setting"] == \
+    assert projection.fit_budget(per_process, 16)["setting"] == \
         "--amp bf16 + 4 processes per cell (batch 64 each)"
-    assert report.fit_budget(per_process, 24)["setting"] == "--amp bf16"
+    assert projection.fit_budget(per_process, 24)["setting"] == "--amp bf16"
 
 
 def test_a_rehearsal_on_two_processes_per_cell_stops_and_resumes_them_exactly(tmp_path):
@@ -262,14 +262,14 @@ def test_a_rehearsal_on_two_processes_per_cell_stops_and_resumes_them_exactly(tm
 
 
 def test_attack_passes_follow_the_protocol():
-    aa = report.attack_passes("aa", 8 / 255, 100, {})
+    aa = projection.attack_passes("aa", 8 / 255, 100, {})
     # standard: APGD-CE 100 x 1 restart, APGD-T and FAB-T 100 x 9 targets, Square 5000 queries
     assert aa == {"gradient": 100 + 900 + 900, "forward": 1 + 5000, "source": 0.0}
-    assert report.attack_passes("pgd_sat", 8 / 255, 10, {})["gradient"] == 20
-    assert report.attack_passes("square", 8 / 255, 10, {})["forward"] == 101
+    assert projection.attack_passes("pgd_sat", 8 / 255, 10, {})["gradient"] == 20
+    assert projection.attack_passes("square", 8 / 255, 10, {})["forward"] == 101
     custom = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_iter": 10,
               "apgd_n_restarts": 1, "n_target_classes": 3}
-    assert report.attack_passes("aa", 16 / 255, 10, custom)["gradient"] == 10 + 30
+    assert projection.attack_passes("aa", 16 / 255, 10, custom)["gradient"] == 10 + 30
 
 
 def test_live_bytes_counts_what_is_alive_and_its_peak():
@@ -290,7 +290,7 @@ def test_training_step_memory_projects_to_a_batch_not_fitted():
                               student_kwargs={"width": 8}, epochs=6, batch_size=32,
                               attack_steps=3))
     measured = measure_training(cfg, resolve_device("cpu"))
-    step = report.step_projection(measured)
+    step = projection.step_projection(measured)
     assert measured["fit"] == [2, 4] and measured["check"] == [8]
     assert abs(step["memory_check"]["error_pct"]) < 5
     assert step["memory_check"]["measured"] == measured["batch"]["8"]["peak_bytes"]

@@ -7,5 +7,6 @@ Modules: ``frames`` (results as DataFrames), ``stats`` (seeds, intervals, the ma
 ``render`` (CSV, LaTeX and Markdown tables, captions, the paper's numbers), ``figures``,
 ``written`` (the written tables read back), ``compact`` (``tableN_compact.tex``), ``html``
 (``index.html``; ``python -m ciard_bench.reports RESULTS_DIR`` rebuilds it) and
-``rehearsal`` (a rehearsal's Markdown and JSON report).
+``projection`` and ``rehearsal`` (what a rehearsal's measurements project;
+its Markdown and JSON report).
 """
