@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from . import plugins
 from .attacks import accuracy
 from .config import TrainConfig
 from .data import load_dataset, to_float_nchw
@@ -18,6 +19,7 @@ from .errors import UserError
 from .faults import kill_point
 from .methods import Context, create_method, get_method
 from .models import create_model, load_teacher
+from .utils import eval_mode
 
 
 def autocast(cfg: TrainConfig, device):
@@ -47,6 +49,7 @@ def build(cfg: TrainConfig, device, d: Dist = Dist()) -> Run:
     data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
                         n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
+    check_logits(student, cfg.student, data)
     teachers = {}
     for role in get_method(cfg.method).teachers:
         spec = getattr(cfg, role)
@@ -76,6 +79,19 @@ def build(cfg: TrainConfig, device, d: Dist = Dist()) -> Run:
     x_test = to_float_nchw(data.x_test).to(device)
     return Run(cfg, device, data, method, optimizer, teacher_optimizers, scaler, x_test,
                data.y_test.to(device))
+
+
+def check_logits(model: torch.nn.Module, name: str, data: Any) -> None:
+    """A model must map the dataset's images to ``[batch, classes]`` logits: checked once, on
+    two test images in eval mode (no statistics or random state change), before training."""
+    x = to_float_nchw(data.x_test[:2])
+    with torch.no_grad(), eval_mode(model):
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {name!r} ({plugins.describe('model', name)}) returned {got} for "
+                        f"{len(x)} images of {data.name} ({tuple(x.shape[1:])}); accepted: "
+                        f"[batch, {data.num_classes}] logits")
 
 
 def evaluate_epoch(run: Run, epoch: int) -> dict[str, float]:

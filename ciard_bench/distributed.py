@@ -15,7 +15,7 @@ processes first (:func:`all_reduce_sum_`, one packed buffer per step, through
 loss weights, per-class sums and counts) and CIARD's push term (its mean over the push set
 of all processes and its magnitude scale from the global losses); (2) every rank keeps one
 random stream and draws the attack starts of the whole global batch, keeping its own rows
-(``methods/pgd.py``); (3) BatchNorm: by default each process normalises with its own shard's
+(``api/inner.py``); (3) BatchNorm: by default each process normalises with its own shard's
 statistics, as DDP does (no collective per layer; the batch statistics are those of B/N
 samples, so the step is not the one-process step on B);
 ``--sync-bn`` (:class:`GlobalBatchNorm2d`) uses the global batch's statistics, which the

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
+
+from . import plugins
 
 
 class UserError(ValueError):
@@ -42,11 +44,18 @@ def quiet_third_party_warnings() -> None:
 
 
 def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run an entry point, mapping ``UserError`` to one line on stderr and exit code 2."""
+    """Run an entry point, mapping ``UserError`` to one line on stderr and exit code 2.
+
+    ``--plugin MODULE|FILE.py`` (repeatable, anywhere on the line) is taken out of ``argv``
+    here, for every command alike, and loaded (:func:`ciard_bench.plugins.activate`)."""
     quiet_third_party_warnings()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv, specs = plugins.strip_plugin_args(argv)
+        if specs:
+            plugins.activate(specs)
         code = run(argv)
-    except UserError as err:
+    except (UserError, plugins.PluginError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -55,8 +64,20 @@ def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | No
     return int(code or 0)
 
 
+PLUGIN_HELP = ("load a plugin: an importable module or a .py file that registers methods, "
+               "models, datasets or attacks (repeatable; also the CIARD_BENCH_PLUGINS "
+               "variable; installed plugins' entry points load by themselves)")
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: <what>; see --help`` and exit code 2."""
+    """argparse with one-line errors: ``error: <what>; see --help`` and exit code 2. A parser
+    with ``--help`` shows ``--plugin`` (:func:`cli_main` takes it out of the line first)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.add_help:
+            self.add_argument("--plugin", action="append", metavar="MODULE|FILE.py",
+                              help=PLUGIN_HELP)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)

@@ -37,7 +37,8 @@ from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401 
 from .checkpoint import FORMAT, atomic_write_json
 from .config import (TrainConfig, add_method_arguments, add_train_arguments, changed_settings,
                      config_from_args, load_config_file, resolve)
-from .data import ArrayDataset, make_loader
+from . import plugins
+from .data import ArrayDataset, list_datasets, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
                           broadcast_state, gather, max_difference, max_param_difference,
                           report_failures, setup, teardown)
@@ -103,6 +104,8 @@ def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threadin
     ``benchmarks/step.py`` times this very function."""
     with autocast(run.cfg, run.device):
         out = run.method(x, y)
+    if not isinstance(out, dict) or not isinstance(out.get("loss"), torch.Tensor):
+        raise UserError(_no_loss(run.cfg.method, out))
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out["loss"]).backward()
     if agreed is not None:
@@ -120,6 +123,28 @@ def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threadin
     run.scaler.update()
     broadcast_state(run.method.student, d, params=False)   # rank 0's BN statistics, as DDP
     return out
+
+
+def _no_loss(method: str, out: Any) -> str:
+    got = f"a dict with keys {sorted(out)}" if isinstance(out, dict) else type(out).__name__
+    if isinstance(out, dict) and "loss" in out:
+        got = f"'loss' of type {type(out['loss']).__name__}"
+    return (f"method {method!r} ({plugins.describe('method', method)}): forward returned {got}; "
+            "accepted: a dict whose 'loss' is a 0-dim tensor (what the student minimises)")
+
+
+def _check_first_step(method: str, out: dict, epoch: int) -> None:
+    """The first step of a run: a loss that is not a 0-dim tensor with a graph, or is not
+    finite, names the method and where it comes from (one host sync, once per run)."""
+    loss = out["loss"]
+    who = f"method {method!r} ({plugins.describe('method', method)})"
+    if loss.dim() != 0 or not loss.requires_grad:
+        raise UserError(f"{who}: forward's 'loss' has shape {tuple(loss.shape)} and "
+                        f"requires_grad={loss.requires_grad}; accepted: a 0-dim tensor with a graph "
+                        "to the student's parameters")
+    if not bool(torch.isfinite(loss.detach())):
+        raise NonFiniteLoss(f"{who}: the loss of its first step (epoch {epoch}) is "
+                            f"{float(loss):.4g}; accepted: a finite loss")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
@@ -151,8 +176,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if rundir.exists() and not resume:
         raise UserError(f"run folder {cfg.out!r} already holds a run; pass --resume to continue it "
                         "or choose another --out")
+    used = plugins.provenance(method=cfg.method, model=cfg.student, dataset=cfg.dataset)
     if saved_cfg is not None:
         _check_resume_config(saved_cfg, cfg, cfg.out)
+        _check_resume_plugins(rundir.read_state().get("plugins", []), used, cfg.out)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
     if d.enabled:
@@ -162,7 +189,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         rundir.clean_temporaries()
         atomic_write_json(rundir.root / "config.json", cfg.to_dict())
     # one random stream on every rank: each draws the global batch's attack starts and keeps its
-    # rows (methods/pgd.py), so a sample starts as in one process on the global batch
+    # rows (api/inner.py), so a sample starts as in one process on the global batch
     method, schedule = run.method, get_schedule(cfg.schedule)
     trainings = method.teacher_trainings()
     start_epoch, start_step, history, best_wr, partial = 1, 0, [], -math.inf, {}
@@ -182,9 +209,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             state = _training_state(run, epoch, step, extra)
             state["rng"] = rng[0] if not d.enabled else {"ranks": rng}
             rundir.save(state, epoch=epoch, step=step, best=best, log=history,
-                        extra_state={"config": cfg.to_dict(), "world_size": d.world_size})
+                        extra_state={"config": cfg.to_dict(), "world_size": d.world_size,
+                                     **({"plugins": used} if used else {})})
         barrier(d)
 
+    checked = False     # the first step of this invocation is checked (_check_first_step)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = schedule(epoch, cfg.epochs, cfg.lr)
@@ -212,6 +241,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 x = x.contiguous(memory_format=torch.channels_last)
             kill_point("step")
             out = train_step(run, x, y, trainings, d, stop, agreed)
+            if not checked:
+                _check_first_step(cfg.method, out, epoch)
+                checked = True
             with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
                 bad_step = torch.where(newly_bad, torch.full_like(bad_step, i + 1), bad_step)
@@ -262,7 +294,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         if epoch < cfg.epochs and _stop_requested(stop, d, device):
             return _stopped(cfg, epoch, 0, d)
     in_sync = max_param_difference(method, d)
-    result = _finish(rundir, cfg, history, device, d, in_sync) if d.is_main else {}
+    result = _finish(rundir, cfg, history, device, d, in_sync, used) if d.is_main else {}
     teardown(d)   # waits for every rank first
     return result
 
@@ -302,8 +334,18 @@ def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
                             "stopped, the last good checkpoint is kept")
 
 
+def _check_resume_plugins(saved: list, now: list, out: str) -> None:
+    """A run resumes only with the plugins (distribution and version, or file hash) it began
+    with: another version may compute another step."""
+    if saved != now:
+        was = ", ".join(f"{p['kind']} {p['name']!r} from {plugins.label(p)}" for p in saved) or "built-ins only"
+        is_ = ", ".join(f"{p['kind']} {p['name']!r} from {plugins.label(p)}" for p in now) or "built-ins only"
+        raise UserError(f"--resume: the run in {out!r} was trained with {was}, but now it is "
+                        f"{is_}; accepted: the same plugin version (or a new --out)")
+
+
 def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
-            rank_difference: float) -> dict[str, Any]:
+            rank_difference: float, used: list | None = None) -> dict[str, Any]:
     state = rundir.read_state()
     evaluated = [r for r in history if "wr" in r]
     metrics = ("clean_acc", "pgd_trades_acc", "wr")
@@ -316,6 +358,7 @@ def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
         "checkpoints": {k: state[k] for k in ("last", "best") if k in state},
         "config": cfg.to_dict(), "provenance": provenance(device, cfg.seed),
         "processes": d.world_size, "max_parameter_difference_between_ranks": rank_difference,
+        **({"plugins": used} if used else {}),
     }
     atomic_write_json(rundir.root / "result.json", result)
     return result
@@ -325,7 +368,10 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     """The ``python -m ciard_bench.train`` parser: engine flags and ``method_name``'s options."""
     parser = ArgumentParser(prog="python -m ciard_bench.train",
                                      description="Train a student (or teacher) with one method.")
-    parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    parser.add_argument("--list-methods", action="store_true", help="list the methods (built-in "
+                        "or which plugin) and exit")
+    parser.add_argument("--list-datasets", action="store_true", help="list the datasets (built-in "
+                        "or which plugin) and exit")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_train_arguments(parser)
     add_method_arguments(parser, get_method(method_name))
@@ -342,7 +388,12 @@ def _main(argv: list[str] | None) -> int:
     if args.list_methods:
         for name in list_methods():
             cls = get_method(name)
-            print(f"{name:10s} {cls.description} [{cls.paper}]")
+            print(f"{name:10s} {cls.description} [{cls.paper}] ({plugins.describe('method', name)})")
+        return 0
+    if args.list_datasets:
+        for name in list_datasets():
+            print(f"{name:14s} {plugins.describe('dataset', name)}")
+        print(f"{'npz:PATH':14s} built-in (a file with x_train, y_train, x_test, y_test)")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = config_from_args(args)

@@ -19,7 +19,7 @@ on each shard alone (what DDP computes), for the methods whose loss has no globa
 The joined batch is the ranks' shards interleaved (row j of rank r at 2 j + r), as the
 data loader deals a global batch to the ranks, and every run is seeded alike just before its
 step: each rank draws the attack starts of the whole global batch and keeps its rows, so
-every sample starts where it does in the one process (methods/pgd.py). In ``rankbn`` mode
+every sample starts where it does in the one process (api/inner.py). In ``rankbn`` mode
 the per-shard references cannot draw that way, so there the start is made a function of each
 image alone; everything else is the package's code.
 """
@@ -33,7 +33,8 @@ from ciard_bench.build import build
 from ciard_bench.config import TrainConfig, resolve
 from ciard_bench.data import ArrayDataset, make_loader
 from ciard_bench.distributed import Dist, global_batch_norm, setup, teardown
-from ciard_bench.methods import list_methods, pgd as pgd_module
+from ciard_bench.api import inner as pgd_module
+from ciard_bench.methods import list_methods
 from ciard_bench.train import train_step
 from ciard_bench.utils import seed_everything
 

@@ -16,7 +16,7 @@ import torch
 from ciard_bench import train as engine
 from ciard_bench.config import SHARED_PROTOCOL, TrainConfig, resolve
 from ciard_bench.methods import get_method, list_methods
-from ciard_bench.methods import pgd as pgd_module
+from ciard_bench.api import inner as pgd_module
 from ciard_bench.models import create_model, save_model_file
 from ciard_bench.runs import RunDir
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ciard_bench.methods.losses import (entropy_balance_, kl_elements, kle, magnitude_scale, masked_kle,
+from ciard_bench.api.losses import (entropy_balance_, kl_elements, kle, magnitude_scale, masked_kle,
                                         mtard_weights_, neg_entropy)
 
 from toys import kle as kle_oracle

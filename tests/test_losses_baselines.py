@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ciard_bench.methods.losses import (absld_temperatures, fair_class_weights, kl_mean, kl_per_sample,
+from ciard_bench.api.losses import (absld_temperatures, fair_class_weights, kl_mean, kl_per_sample,
                                         kl_sum, log_probs, lse_clip_bound, lse_distance)
 from ciard_bench.schedules import get_schedule
 

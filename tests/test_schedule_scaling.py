@@ -8,7 +8,7 @@ import math
 import pytest
 
 from ciard_bench.methods import create_method, get_method, list_methods
-from ciard_bench.methods.base import Context
+from ciard_bench.api import Context
 from ciard_bench.models import create_model
 from ciard_bench.schedules import RELEASED_EPOCHS, _RULES, block_mean, get_schedule
 

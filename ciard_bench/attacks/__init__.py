@@ -24,10 +24,11 @@ restores its mode afterwards.
 from __future__ import annotations
 
 from . import protocol  # noqa: F401  (registers the protocol's attacks)
-from .implementations import AutoAttackAdapter, CWLinf, Transfer, UniformNoise, cw_margin_loss
+from .implementations import (AutoAttackAdapter, CWLinf, FunctionAttack, Transfer, UniformNoise,
+                              cw_margin_loss)
 from .registry import (KINDS, PROTOCOL, SANITY_ROLES, AttackSpec, accuracy, attack_settings,
                        create_attack, describe_attack, get_attack, list_attacks, register_attack)
 
-__all__ = ["KINDS", "PROTOCOL", "SANITY_ROLES", "AttackSpec", "AutoAttackAdapter", "CWLinf",
+__all__ = ["KINDS", "PROTOCOL", "SANITY_ROLES", "AttackSpec", "AutoAttackAdapter", "CWLinf", "FunctionAttack",
            "Transfer", "UniformNoise", "accuracy", "attack_settings", "create_attack",
            "cw_margin_loss", "describe_attack", "get_attack", "list_attacks", "register_attack"]

@@ -85,6 +85,30 @@ class UniformNoise(Attack):
         return best
 
 
+class FunctionAttack(Attack):
+    """A plugin's own attack as a torchattacks ``Attack``: ``fn(model, images, labels,
+    settings) -> adversarial images`` in [0, 1] (model in eval mode, as every attack here).
+    The result is checked: same shape, inside the eps ball and [0, 1], else a one-line error."""
+
+    def __init__(self, model: torch.nn.Module, fn, settings: dict):
+        super().__init__(getattr(fn, "__name__", "FunctionAttack"), model)
+        self.fn, self.attack_settings = fn, dict(settings)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images, labels = images.to(self.device), labels.to(self.device)
+        adv = self.fn(self.model, images, labels, self.attack_settings)
+        eps = float(self.attack_settings.get("eps", 1.0))
+        if not isinstance(adv, torch.Tensor) or adv.shape != images.shape:
+            raise UserError(f"attack {self.attack_settings.get('name')!r}: its function returned "
+                            f"{getattr(adv, 'shape', type(adv).__name__)}; accepted: a tensor of "
+                            f"the images' shape {tuple(images.shape)}")
+        adv = adv.detach()
+        if float((adv - images).abs().max()) > eps + 1e-6 or adv.min() < 0 or adv.max() > 1:
+            raise UserError(f"attack {self.attack_settings.get('name')!r}: its examples leave the "
+                            f"eps ball ({eps:.4g}) or [0, 1]; accepted: examples inside both")
+        return adv
+
+
 class Transfer(Attack):
     """Examples crafted by ``source_attack`` on its own (source) model; ``model`` is scored."""
 

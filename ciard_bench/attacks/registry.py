@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torchattacks.attack import Attack
 
+from .. import plugins
 from ..errors import UserError, choices_error
 from ..utils import eval_mode
 from .implementations import Transfer
@@ -57,8 +58,13 @@ PROTOCOL: dict[str, dict[str, Any]] = {}
 def register_attack(spec: AttackSpec) -> AttackSpec:
     """Add ``spec``; a duplicate name, an unknown kind or role, or a spec that cannot be
     built is an error here, not at evaluation time."""
+    if not isinstance(spec, AttackSpec):
+        raise plugins.PluginError(f"{spec!r} is not a ciard_bench.api.AttackSpec")
     if spec.name in _REGISTRY:
-        raise ValueError(f"attack {spec.name!r} is registered twice")
+        raise plugins.clash("attack", "name", spec.name, spec.name)
+    for other in _REGISTRY.values():
+        if other.label == spec.label:
+            raise plugins.clash("attack", "table label", spec.label, other.name)
     if spec.kind not in KINDS or (spec.sanity is not None and spec.sanity not in SANITY_ROLES):
         raise ValueError(f"attack {spec.name!r}: kind {spec.kind!r} / sanity role {spec.sanity!r}")
     if (spec.kind == "transfer") != (spec.base is not None) or (spec.build is None) != (spec.base is not None):
@@ -68,18 +74,29 @@ def register_attack(spec: AttackSpec) -> AttackSpec:
     _REGISTRY[spec.name] = spec
     PROTOCOL[spec.name] = {"kind": spec.kind, **({"base": spec.base} if spec.base else {}),
                            **spec.settings}
+    plugins.note("attack", spec.name)
     return spec
+
+
+def _add_entry_point(name: str, obj: Any) -> None:
+    if not (isinstance(obj, AttackSpec) and _REGISTRY.get(obj.name) is obj):
+        register_attack(obj)
+
+
+plugins.track("attack", _REGISTRY, PROTOCOL, adder=_add_entry_point)
 
 
 def get_attack(name: str) -> AttackSpec:
     """The spec of attack ``name``; an unknown name is a one-line ``UserError``."""
+    plugins.load()
     if name not in _REGISTRY:
-        raise choices_error("attack", name, list(_REGISTRY))
+        raise UserError(str(choices_error("attack", name, list(_REGISTRY))) + plugins.failures_note())
     return _REGISTRY[name]
 
 
 def list_attacks(kind: str | None = None) -> list[str]:
     """Registered attack names (in protocol order), optionally only one ``kind``."""
+    plugins.load()
     return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
 
 

@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import plugins
+
 Loader = Callable[[Path, bool], "DatasetArrays"]  # (root, download) -> arrays
 _LOADERS: dict[str, Loader] = {}
 
@@ -42,18 +44,31 @@ def make_arrays(name: str, x_train, y_train, x_test, y_test,
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: ``@register_dataset("cifar10") def load(root, download) -> DatasetArrays``."""
     def add(fn: Loader) -> Loader:
+        if not callable(fn):
+            raise plugins.PluginError(f"dataset {name!r}: {fn!r} is not a callable loader")
         if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is registered twice")
+            raise plugins.clash("dataset", "name", name, name)
         _LOADERS[name] = fn
+        plugins.note("dataset", name)
         return fn
     return add
 
 
+def _add_entry_point(name: str, obj: Loader) -> None:
+    if _LOADERS.get(name) is not obj:
+        register_dataset(name)(obj)
+
+
+plugins.track("dataset", _LOADERS, adder=_add_entry_point)
+
+
 def list_datasets() -> list[str]:
     """Registered dataset names; ``load_dataset`` also accepts ``npz:PATH``."""
+    plugins.load()
     return sorted(_LOADERS)
 
 
 def get_loader(name: str) -> Loader | None:
     """The loader registered as ``name``, or None."""
+    plugins.load()
     return _LOADERS.get(name)

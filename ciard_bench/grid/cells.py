@@ -26,8 +26,8 @@ from ..errors import UserError
 from ..methods import get_method, list_methods
 from ..models import TEACHER_METHODS
 from ..utils import positive_int
-from .presets import (ABLATION_ATTACKS, ABLATIONS, METHOD_LABELS, STUDENT_ATTACKS,
-                      TEACHER_ATTACKS, Preset)
+from .presets import (ABLATION_ATTACKS, ABLATIONS, STUDENT_ATTACKS, TEACHER_ATTACKS, Preset,
+                      method_label)
 
 KINDS = ("teacher", "student", "ablation")
 
@@ -139,7 +139,8 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
 
     ``teacher_specs`` (``{"clean"|"robust": spec}``) replaces the preset's teachers;
     ``settings`` (``device``, ``data_root``, ``download``, ``model_dir``) reach every cell.
-    A method that is not registered or not in the tables is a one-line error.
+    ``methods`` may name any registered method (a plugin's too: its rows follow the paper's);
+    one that is not registered is a one-line error.
     """
     settings = {"device": "auto", "data_root": "data", "download": False, "model_dir": "models",
                 **(settings or {})}
@@ -155,9 +156,9 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
             raise UserError(f"unknown student {name!r}; accepted: {', '.join(preset.students)}")
     known = set(list_methods())
     for name in methods:
-        if name not in known or name not in preset.methods:
-            raise UserError(f"method {name!r} is not in the tables; accepted: "
-                            f"{', '.join(m for m in preset.methods if m in known)}")
+        if name not in known:
+            raise UserError(f"method {name!r} is not registered; accepted: "
+                            f"{', '.join(sorted(known))} (a plugin's: --plugin or its entry point)")
     n_seeds = positive_int(seeds if seeds is not None else preset.seeds, "--seeds")
     grid.seeds = tuple(range(preset.seed, preset.seed + n_seeds))
     for d_i, dataset in enumerate(datasets or preset.datasets):
@@ -171,7 +172,7 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
                 for method in methods:
                     grid.cells.append(_student_cell(
                         grid, f"{slug}/{student}/{method}/seed{seed}", "student", dataset,
-                        student, method, {}, METHOD_LABELS[method], STUDENT_ATTACKS, teachers,
+                        student, method, {}, method_label(method), STUDENT_ATTACKS, teachers,
                         common, eval_teachers=method == "ciard" and student == students[0]))
             if d_i == 0 and "ciard" in methods and "resnet18" in students:
                 for row, options in ABLATIONS.items():

@@ -11,15 +11,35 @@ step sizes doubled to match, fewer test points and a reduced AutoAttack, all in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import choices_error
 from ..methods import get_method
+from ..plugins import describe
 
 # Table rows, in the paper's order (Tables 3-6): registry name -> the method's own table label.
 TABLE_METHODS = ("sat", "trades", "ard", "rslad", "score", "fair_ard", "absld", "mtard", "bmtard",
                  "ciard")
 METHOD_LABELS = {name: get_method(name).label for name in TABLE_METHODS}
+
+
+def method_label(name: str) -> str:
+    """A method's table row: the paper's spelling for the ten, else the class's ``label``."""
+    return METHOD_LABELS.get(name) or get_method(name).label
+
+
+def row_methods(methods: "Sequence[str]") -> list[str]:
+    """The rows of a method table: the paper's ten in its order, then any other method (a
+    plugin's, one beyond the paper) in the order given."""
+    present = list(dict.fromkeys(methods))
+    return [m for m in TABLE_METHODS if m in present] + [m for m in present if m not in TABLE_METHODS]
+
+
+def method_origin(name: str) -> str:
+    """``built-in`` or the plugin a method comes from (for the listings and the page)."""
+    return describe("method", name)
+
+
 # Table 7 rows: CIARD options of each ablation (the full model is the Table 3 CIARD cell).
 ABLATIONS = {"baseline": {"itt": False, "push": False}, "+ITT": {"push": False}, "+ITT+push": {}}
 # The two students of the paper: Table 3/5 (ResNet-18), Table 4/6 (MobileNet-V2).

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import RATE_MILESTONES, milestone, option, register_method
-from .losses import absld_temperatures, log_probs
+from ..api import (RATE_MILESTONES, absld_temperatures, log_probs, milestone, option,
+                   register_method)
 from .rslad import RSLAD
 
 

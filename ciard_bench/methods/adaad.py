@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import C100_BATCHMEAN_SCALE, Method, option, register_method
-from .losses import kl_mean, kl_sum
-from .pgd import eval_mode, pgd
+from ..api import (C100_BATCHMEAN_SCALE, Method, eval_mode, kl_mean, kl_sum, option, pgd,
+                   register_method)
 
 
 @register_method

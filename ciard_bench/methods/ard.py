@@ -28,9 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
-from .losses import cross_entropy_sum, kl_per_sample
-from .pgd import eval_mode, pgd
+from ..api import Method, cross_entropy_sum, eval_mode, kl_per_sample, option, pgd, register_method
 
 
 @register_method

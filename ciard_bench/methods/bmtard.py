@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import option, register_method, scalar_state
-from .losses import entropy_balance_, neg_entropy
+from ..api import entropy_balance_, neg_entropy, option, register_method, scalar_state
 from .mtard import MTARD
 
 

@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schedules import block_mean, cos_exp_decay
-from .base import (RATE_MILESTONES, Method, TeacherTraining, milestone, option, register_method,
-                   scalar_state)
-from .losses import (entropy_balance_, kle, magnitude_scale, masked_kle, masked_kle_parts,
-                     masked_kle_share, mtard_weights_, neg_entropy)
-from .pgd import eval_mode, pgd
+from ..api import (RATE_MILESTONES, Method, TeacherTraining, block_mean, cos_exp_decay,
+                   entropy_balance_, eval_mode, kle, magnitude_scale, masked_kle, masked_kle_parts,
+                   masked_kle_share, milestone, mtard_weights_, neg_entropy, option, pgd,
+                   register_method, scalar_state)
 
 RELEASED_EPOCHS = 300
 ITT_START = 50                      # of 300 epochs: ITT trains the robust teacher after it

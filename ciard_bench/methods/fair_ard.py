@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..api import fair_class_weights, option, register_method, scalar_state
 from .ard import ARD
-from .base import option, register_method, scalar_state
-from .losses import fair_class_weights
 
 
 @register_method

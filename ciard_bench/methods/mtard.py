@@ -30,10 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (C100_KL_SCALE, RATE_MILESTONES, Method, milestone, option, register_method,
-                   scalar_state)
-from .losses import kle, mtard_weights_
-from .pgd import eval_mode, pgd
+from ..api import (C100_KL_SCALE, RATE_MILESTONES, Method, eval_mode, kle, milestone,
+                   mtard_weights_, option, pgd, register_method, scalar_state)
 
 
 @register_method

@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import C100_KL_SCALE, Method, option, register_method
-from .losses import kl_sum, kle, log_probs
-from .pgd import eval_mode, pgd
+from ..api import (C100_KL_SCALE, Method, eval_mode, kl_sum, kle, log_probs, option, pgd,
+                   register_method)
 
 
 @register_method

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
-from .pgd import eval_mode, pgd
+from ..api import Method, eval_mode, option, pgd, register_method
 
 
 @register_method

@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
-from .losses import lse_clip_bound, lse_distance
-from .pgd import eval_mode, pgd
+from ..api import Method, eval_mode, lse_clip_bound, lse_distance, option, pgd, register_method
 
 
 @register_method

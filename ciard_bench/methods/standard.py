@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, register_method
+from ..api import Method, register_method
 
 
 @register_method

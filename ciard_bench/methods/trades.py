@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, option, register_method
-from .losses import kl_sum
-from .pgd import eval_mode, pgd
+from ..api import Method, eval_mode, kl_sum, option, pgd, register_method
 
 
 @register_method

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import plugins
 from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
 from .registry import count_flops, count_parameters, create_model, list_models
@@ -15,7 +16,8 @@ from .registry import count_flops, count_parameters, create_model, list_models
 
 def model_table(pattern: str | None = None, num_classes: int = 10,
                 flops: bool = True) -> list[dict]:
-    """Rows ``{"name", "params", "gflops"}`` (``gflops`` None when not counted)."""
+    """Rows ``{"name", "params", "gflops", "from"}`` (``gflops`` None when not counted;
+    ``from``: built-in or the plugin that registered it)."""
     names = list_models(pattern)
     if not names:
         raise UserError(f"no model matches {pattern!r}; models: {', '.join(list_models())}")
@@ -24,7 +26,8 @@ def model_table(pattern: str | None = None, num_classes: int = 10,
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes)
         gflops = count_flops(model) / 1e9 if flops else None
-        rows.append({"name": name, "params": count_parameters(model), "gflops": gflops})
+        rows.append({"name": name, "params": count_parameters(model), "gflops": gflops,
+                     "from": plugins.describe("model", name)})
     return rows
 
 
@@ -38,10 +41,10 @@ def _run(argv: list[str] | None) -> int:
     rows = model_table(args.pattern, positive_int(args.num_classes, "--num-classes"),
                        flops=not args.no_flops)
     width = max(len("model"), *(len(r["name"]) for r in rows))
-    print(f"{'model':<{width}}  {'params (M)':>10}  {'GFLOPs/image':>12}")
+    print(f"{'model':<{width}}  {'params (M)':>10}  {'GFLOPs/image':>12}  from")
     for r in rows:
         gf = "-" if r["gflops"] is None else f"{r['gflops']:.3f}"
-        print(f"{r['name']:<{width}}  {r['params'] / 1e6:>10.3f}  {gf:>12}")
+        print(f"{r['name']:<{width}}  {r['params'] / 1e6:>10.3f}  {gf:>12}  {r['from']}")
     return 0
 
 

@@ -15,23 +15,39 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .. import plugins
 from ..errors import UserError, choices_error
 
 _MODELS: dict[str, Callable[..., Any]] = {}
 
 
-def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Register ``fn`` under ``fn.__name__``; a name registered twice is an error."""
-    name = fn.__name__
+def register_model(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+    """Register ``fn`` under ``name`` (default ``fn.__name__``), as timm's decorator; usable as
+    ``@register_model`` or ``@register_model(name="...")``. A name registered twice (by a
+    built-in or a plugin) is an error."""
+    if fn is None:
+        return lambda f: register_model(f, name=name)
+    if not callable(fn):
+        raise plugins.PluginError(f"model {name!r}: {fn!r} is not a callable factory")
+    name = name or fn.__name__
     if name in _MODELS:
-        raise UserError(f"model {name!r} is registered twice "
-                        f"({_MODELS[name].__module__} and {fn.__module__})")
+        raise plugins.clash("model", "name", name, name)
     _MODELS[name] = fn
+    plugins.note("model", name)
     return fn
+
+
+def _add_entry_point(name: str, obj: Any) -> None:
+    if _MODELS.get(name) is not obj and _MODELS.get(getattr(obj, "__name__", "")) is not obj:
+        register_model(obj, name=name)
+
+
+plugins.track("model", _MODELS, adder=_add_entry_point)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered models, optionally filtered by an fnmatch ``pattern``."""
+    plugins.load()
     names = sorted(_MODELS)
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
@@ -45,8 +61,9 @@ def model_kwargs(name: str) -> dict[str, Any]:
 
 
 def _factory(name: str) -> Callable[..., Any]:
+    plugins.load()
     if name not in _MODELS:
-        raise choices_error("model", name, list_models())
+        raise UserError(str(choices_error("model", name, list_models())) + plugins.failures_note())
     return _MODELS[name]
 
 

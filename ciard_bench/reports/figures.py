@@ -20,7 +20,7 @@ from ..checkpoint import atomic_write_bytes
 from ..grid import store
 from .frames import datasets_of, seed_samples, students_of
 from ..grid.cells import Grid, dataset_label, dataset_slug
-from ..grid.presets import METHOD_LABELS, STUDENT_LABELS
+from ..grid.presets import STUDENT_LABELS, method_label, row_methods
 from .render import DATASET_NAMES
 
 
@@ -109,7 +109,7 @@ def robustness_curves(grid: Grid, out: Path, which: str, suffix: str = "") -> li
                     continue
                 eps = [e * 255 for e in curve["eps"]]
                 ax.plot(eps, curve["accuracy"], "-o", markersize=3,
-                        label=METHOD_LABELS.get(cell.method, cell.method))
+                        label=method_label(cell.method))
                 drawn, points = drawn + 1, curve.get("n", 0)
             if not drawn:
                 plt.close(fig)
@@ -137,8 +137,8 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
                                  squeeze=False)
         drawn = 0
         for ax, student in zip(axes[0], students):
-            methods = [m for m in METHOD_LABELS if any(
-                c.method == m and c.student == student and c.kind == "student" for c in grid.cells)]
+            methods = row_methods([c.method for c in grid.cells
+                                   if c.student == student and c.kind == "student"])
             for i, method in enumerate(methods):
                 cells = [c for c in grid.cells if c.kind == "student" and c.student == student
                          and c.method == method and c.dataset == dataset]
@@ -153,7 +153,7 @@ def seed_spread(grid: Grid, out: Path, which: str, suffix: str = "") -> list[Pat
                                if i == 0 else None)
                     ax.hlines(sum(values) / len(values), i + dx - 0.12, i + dx + 0.12,
                               color=colour)
-            ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods], rotation=45,
+            ax.set_xticks(range(len(methods)), [method_label(m) for m in methods], rotation=45,
                           ha="right", fontsize=8)
             ax.set(ylabel="accuracy (%)", title=f"{STUDENT_LABELS[student]}: "
                    f"{len(grid.seeds)} seed(s), dots = seeds, bars = mean")

@@ -19,7 +19,7 @@ import pandas as pd
 from ..attacks import get_attack
 from ..grid import store
 from ..grid.cells import Cell, Grid, dataset_label
-from ..grid.presets import ABLATIONS, METHOD_LABELS, STUDENT_LABELS
+from ..grid.presets import ABLATIONS, STUDENT_LABELS, method_label, row_methods
 
 METRICS = ("Clean", "Robust", "W-R")
 WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")
@@ -134,15 +134,14 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                  attacks: tuple[str, ...]) -> Table:
     """Tables 3-6 and the AutoAttack table: rows = methods, columns (attack, dataset, metric)."""
     datasets = datasets_of(grid)
-    methods = [m for m in METHOD_LABELS if any(c.method == m and c.kind == "student"
-                                                 for c in grid.cells)]
+    methods = row_methods([c.method for c in grid.cells if c.kind == "student"])
     columns = pd.MultiIndex.from_tuples(
         [(get_attack(a).label, dataset_label(d), m) for a in attacks for d in datasets
          for m in METRICS],
         names=["attack", "dataset", "metric"])
     rows, cells, samples = [], [], {}
     for method in methods:
-        label, row = METHOD_LABELS[method], []
+        label, row = method_label(method), []
         for attack in attacks:
             for dataset in datasets:
                 seeds = _cells(grid, "student", dataset, student, label)
@@ -153,7 +152,7 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                     row.append(_mean(entry))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=columns,
-                         index=pd.Index([METHOD_LABELS[m] for m in methods], name="method"))
+                         index=pd.Index([method_label(m) for m in methods], name="method"))
     return Table(name, title, frame, attacks, _labels(datasets), student=student, cells=cells,
                  samples=samples)
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import plugins
 from ..distributed import Dist, all_reduce_sum_
 from ..errors import UserError, choices_error
 
@@ -205,23 +206,46 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry (a duplicate name or label is an error,
-    which also catches a subclass that forgot its own ``label``)."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    if not cls.label or any(other.label == cls.label for other in _REGISTRY.values()):
-        raise ValueError(f"method {cls.name!r}: table label {cls.label!r} is empty or already used")
+    """Class decorator adding a method to the registry. A name or table label that is empty or
+    already taken (by a built-in or another plugin) is an error, which also catches a subclass
+    that forgot its own ``name`` or ``label``."""
+    if not isinstance(cls, type) or not issubclass(cls, Method):
+        raise plugins.PluginError(f"{cls!r} is not a subclass of ciard_bench.api.Method")
+    if not cls.name:
+        raise plugins.PluginError(f"method class {cls.__qualname__} has no name")
+    if cls.name in _REGISTRY:
+        raise plugins.clash("method", "name", cls.name, cls.name)
+    if not cls.label:
+        raise plugins.PluginError(f"method {cls.name!r} has no table label")
+    for other in _REGISTRY.values():
+        if other.label == cls.label:
+            raise plugins.clash("method", "table label", cls.label, other.name)
     _REGISTRY[cls.name] = cls
+    plugins.note("method", cls.name)
     return cls
 
 
+def _add_entry_point(name: str, obj: object) -> None:
+    """An entry point naming a class (not a module) registers it, unless it did already."""
+    if not (isinstance(obj, type) and _REGISTRY.get(getattr(obj, "name", None)) is obj):
+        register_method(obj)  # type: ignore[arg-type]
+
+
+plugins.track("method", _REGISTRY, adder=_add_entry_point)
+
+
 def list_methods() -> list[str]:
+    """Every registered method's name (built-ins and plugins), sorted."""
+    plugins.load()
     return sorted(_REGISTRY)
 
 
 def get_method(name: str) -> type[Method]:
+    """The class registered as ``name``; an unknown name is a one-line ``UserError``."""
+    plugins.load()
     if name not in _REGISTRY:
-        raise choices_error("method", name, list_methods())
+        err = choices_error("method", name, list_methods())
+        raise UserError(str(err) + plugins.failures_note())
     return _REGISTRY[name]
 
 
