@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import plugins
 from ..attacks import list_attacks
 from ..checkpoint import atomic_write_json
 from ..data import load_dataset, to_float_nchw
@@ -108,6 +109,10 @@ def _run(argv: list[str] | None) -> int:
                    "source": args.source,
                    "command": ["python", "-m", "ciard_bench.evaluate", *(argv or sys.argv[1:])],
                    "provenance": provenance(device, seed)})
+    used = result.pop("plugins", []) + plugins.provenance(
+        model=(info.get("arch") or {}).get("name"), dataset=args.dataset)
+    if used:     # the attacks', the architecture's and the data's plugins
+        result["plugins"] = used
     atomic_write_json(out, result)
     cache.unlink(missing_ok=True)
     if not args.aa_state:

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .. import sanity
+from .. import plugins, sanity
 from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, list_attacks
 from ..checkpoint import atomic_write_json
 from ..errors import UserError, choices_error
@@ -378,4 +378,5 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             "clean": clean, "attacks": entries,
             "worst_case_white_box": {"attacks": white, **_entry(worst, clean["accuracy"])},
             "robustness_curve": curve, "sanity": {**sanity.summarize(checks), "cost": cost},
-            "notes": notes, "time_s": time.perf_counter() - start}
+            "notes": notes, "time_s": time.perf_counter() - start,
+            **({"plugins": used} if (used := plugins.provenance(attack=names)) else {})}

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 from ..errors import choices_error
 from ..methods import get_method
-from ..plugins import describe
 
 # Table rows, in the paper's order (Tables 3-6): registry name -> the method's own table label.
 TABLE_METHODS = ("sat", "trades", "ard", "rslad", "score", "fair_ard", "absld", "mtard", "bmtard",
@@ -33,11 +32,6 @@ def row_methods(methods: "Sequence[str]") -> list[str]:
     plugin's, one beyond the paper) in the order given."""
     present = list(dict.fromkeys(methods))
     return [m for m in TABLE_METHODS if m in present] + [m for m in present if m not in TABLE_METHODS]
-
-
-def method_origin(name: str) -> str:
-    """``built-in`` or the plugin a method comes from (for the listings and the page)."""
-    return describe("method", name)
 
 
 # Table 7 rows: CIARD options of each ablation (the full model is the Table 3 CIARD cell).

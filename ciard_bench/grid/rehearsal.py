@@ -46,6 +46,7 @@ import numpy as np
 import submitit
 import torch
 
+from .. import plugins
 from .. import train as engine
 from ..checkpoint import atomic_write_json
 from ..config import resolve
@@ -258,9 +259,17 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
     record["checkpoints"] = checkpoint_bytes(run_dir)
     _write_record(run_dir, record)
     if device.type == "cpu" and not record["resumed"]["exact"]:
+        method = cell.config.method
+        origin = plugins.origin("method", method)
+        hint = "" if origin is None else (
+            f"; method {method!r} comes from the plugin {plugins.label(origin)}"
+            + (f" ({origin['entry_point']})" if origin.get("entry_point") else "")
+            + ": state its step adapts outside buffers or modules (checkpoint_state()) is lost "
+            "at a resume; keep it in a buffer (docs/plugins.md)")
         raise RuntimeError(f"{cell.id}: stopped at epoch {record['stopped']['epoch']} step "
                            f"{record['stopped']['step']} and resumed, the run differs from the "
-                           f"straight one by up to {record['resumed']['max_abs_difference']:g}")
+                           f"straight one by up to {record['resumed']['max_abs_difference']:g}"
+                           + hint)
     _remove(straight, grid.results / "rehearsal-straight")   # compared: not needed any more
     return {}
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from .. import plugins
 from ..checkpoint import atomic_write_json
 from ..config import changed_settings, resolve
 from ..data import load_dataset, to_float_nchw
@@ -104,9 +105,26 @@ def train_state(grid: Grid, cell: Cell) -> str:
     return PARTIAL if rundir.exists() else MISSING
 
 
+def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
+    """The plugins (distribution and version, or file and sha256) that the cell's method,
+    student and dataset come from now; empty for built-ins."""
+    if not cell.trained:
+        return []
+    c = cell.config
+    return plugins.provenance(method=c.method, model=c.student, dataset=c.dataset)
+
+
 def _check_same_config(grid: Grid, cell: Cell) -> None:
-    saved = (read_json(grid.run_dir(cell) / "result.json") or {}).get("config", {})
-    now = resolve(cell.config).to_dict()
+    result = read_json(grid.run_dir(cell) / "result.json") or {}
+    saved, now = result.get("config", {}), resolve(cell.config).to_dict()
+    was_used, used = result.get("plugins", []), cell_plugins(cell)
+    if was_used != used:      # another plugin version: its rows are not mixed in silently
+        def said(entries: list) -> str:
+            return ", ".join(f"{p['kind']} {p['name']!r} from {plugins.label(p)}"
+                             for p in entries) or "built-ins only"
+        raise UserError(f"cell {cell.id} was trained with {said(was_used)}, the grid now has "
+                        f"{said(used)}; install the version it was trained with, or delete "
+                        f"{str(grid.run_dir(cell))!r}, or choose another --results-dir")
     for key, was, asked in changed_settings(saved, now):
         # a moved results folder is the same
         if key in ("clean_teacher", "robust_teacher") and _in_grid(was) == _in_grid(asked):
@@ -303,7 +321,8 @@ def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dic
                       "status": cell_status,
                       "in_this_run": selected is None or cell.id in selected,
                       **{k: timing[k] for k in ("train_s", "eval_s", "steps") if k in timing},
-                      **({"results": summary} if summary else {})})
+                      **({"results": summary} if summary else {}),
+                      **_recorded_plugins(grid, cell)})
     counts: dict[str, int] = {}
     totals: dict[str, dict[str, float]] = {}
     for c in cells:
@@ -313,9 +332,20 @@ def grid_record(grid: Grid, which: str, selected: set[str] | None = None) -> dic
             t["cells"] += 1
             t["train_s"] += c.get("train_s", 0.0)
             t["eval_s"] += c.get("eval_s", 0.0)
+    used = [p for cell in grid.cells for p in cell_plugins(cell)]
+    used = [dict(t) for t in dict.fromkeys(tuple(sorted(p.items())) for p in used)]
     return {"format": "ciard-bench/tables-grid/1", "preset": grid.preset.name,
             "checkpoint": which, "settings": _recorded_settings(grid.settings),
+            **({"plugins": used} if used else {}),
             "counts": counts, "totals": totals, "cells": cells}
+
+
+def _recorded_plugins(grid: Grid, cell: Cell) -> dict[str, Any]:
+    """``{"plugins": [...]}`` as the cell's finished run recorded them (none: built-ins)."""
+    if not cell.trained:
+        return {}
+    used = (read_json(grid.run_dir(cell) / "result.json") or {}).get("plugins")
+    return {"plugins": used} if used else {}
 
 
 def _recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:

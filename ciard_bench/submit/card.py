@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import plugins
 from .._compat import import_robustbench
 from ..config import read_mapping_file
 from ..errors import UserError
@@ -131,6 +132,13 @@ def training_footnote(config: Mapping | None, arch_label: str) -> str:
         return f"{arch_label} trained with {method}."
     return (f"Compressed model: a {arch_label} student adversarially distilled with {method} "
             f"from {' and '.join(teachers)}.")
+
+
+def plugin_notes(used: list[dict]) -> list[str]:
+    """A footnote sentence per plugin the model's method, architecture or data came from."""
+    return [f"The {p['kind']} {p['name']!r} comes from the plugin {plugins.label(p)}"
+            + (f" ({p['entry_point']})" if p.get("entry_point") else "") + "."
+            for p in used]
 
 
 def protocol_notes(*, n: int, eps: float, data: str, dataset: str, aa_budget: dict | None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import plugins
 from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, load_checkpoint
 from ..data import load_dataset, to_float_nchw
 from ..errors import ArgumentParser, UserError, cli_main
@@ -209,9 +210,11 @@ def _run(argv: list[str] | None) -> int:
     notes, unreliable = cards.protocol_notes(
         n=len(y), eps=v["eps"], data=v["data"], dataset=args.dataset, aa_budget=v["aa_budget"],
         failed=failed, roundtrip_ok=roundtrip["passed"])
+    used = plugins.provenance(method=(config or {}).get("method"), model=meta["arch"]["name"],
+                              dataset=(config or {}).get("dataset"))
     card = cards.model_info(dataset=args.dataset, eps=v["eps"], clean_acc=clean, aa_acc=robust,
-                            arch=meta["arch"], config=config, user=v["user"], notes=notes,
-                            unreliable=unreliable)
+                            arch=meta["arch"], config=config, user=v["user"],
+                            notes=notes + cards.plugin_notes(used), unreliable=unreliable)
     record = {"format": FORMAT, "name": args.name, "dataset": args.dataset,
               "threat_model": THREAT, "data": v["data"], "model_info": card,
               "forced": bool(args.force and (failed or not roundtrip["passed"])),
@@ -220,7 +223,8 @@ def _run(argv: list[str] | None) -> int:
                              "sha256": meta["sha256"], "config": config},
               "evaluation": result,
               "command": ["python", "-m", "ciard_bench.submit", *(argv or sys.argv[1:])],
-              "provenance": provenance(v["device"], v["seed"])}
+              "provenance": provenance(v["device"], v["seed"]),
+              **({"plugins": used} if used else {})}
     files = _write(args, v, card, blob, record, result)
     print(summary_table(result))
     print(f"round trip through robustbench.utils.load_model: {roundtrip['clean_acc_loaded']:.2f}% "

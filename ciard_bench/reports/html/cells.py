@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ... import plugins
 from ...web import line_chart, whisker
 
 # the per-epoch log's accuracy keys (training engine, ciard_bench/train.py) and their labels
@@ -87,6 +88,9 @@ def _provenance(ev: dict, result: dict) -> dict[str, str]:
     out = {k: _text(prov[k]) for k in ("git_revision", "device", "python", "platform", "seed",
                                        "cpu_count") if k in prov}
     out.update({f"version {k}": str(v) for k, v in (prov.get("versions") or {}).items()})
+    for p in result.get("plugins") or []:      # the plugins the cell's run used
+        out[f"plugin: {p['kind']} {p['name']}"] = plugins.label(p) + (
+            f" ({p['entry_point']})" if p.get("entry_point") else "")
     return out
 
 
