@@ -35,6 +35,7 @@ from ciard_bench.data import ArrayDataset, make_loader
 from ciard_bench.distributed import Dist, global_batch_norm, setup, teardown
 from ciard_bench.api import inner as pgd_module
 from ciard_bench.methods import list_methods
+from ciard_bench.plugins import origin
 from ciard_bench.train import train_step
 from ciard_bench.utils import seed_everything
 
@@ -59,7 +60,8 @@ def _start(x: torch.Tensor, start: str, eps: float, gauss_std: float = 1e-3, sha
 
 
 def _cases(mode: str) -> list[tuple[str, dict]]:
-    names = [m for m in list_methods() if mode != "rankbn" or m in PER_SAMPLE]
+    names = [m for m in list_methods() if (mode != "rankbn" or m in PER_SAMPLE)
+             and origin("method", m) is None]    # the built-ins (not an installed plugin's)
     cases = [(m, {}) for m in names]
     if mode != "rankbn":
         cases += [("ciard", {"loss_weights": "mtard_adaptive"})]
