@@ -63,11 +63,37 @@ def track(kind: str, *registries: MutableMapping,
         _ADDERS[kind] = adder
 
 
-def note(kind: str, name: str) -> None:
-    """Called by every ``register_*``: ``name`` comes from the plugin being loaded, if any."""
+def builtins_first(obj: Any) -> None:
+    """Called by every ``register_*`` before it checks a name: an object from outside the
+    package (a plugin module imported before any lookup) meets the built-ins registered
+    already, so a clash names the plugin instead of breaking the built-ins' import."""
+    module = getattr(obj, "__module__", None) or ""
+    if module and module.split(".")[0] != "ciard_bench":
+        for name in _BUILTINS:
+            importlib.import_module(name)
+
+
+def note(kind: str, name: str, obj: Any = None) -> None:
+    """Called by every ``register_*``: ``name`` comes from the plugin being loaded, if any;
+    outside a plugin's loading (its module imported directly, say by its own tests), from
+    the distribution or file of the module that defines ``obj``; else it is a built-in."""
     current = _STATE["current"]
     if current is not None:
         _ORIGINS[(kind, name)] = dict(current)
+        return
+    module = getattr(obj, "__module__", None) or ""
+    if module and module.split(".")[0] != "ciard_bench":
+        _ORIGINS[(kind, name)] = _module_origin(module)
+
+
+def _module_origin(module: str) -> dict[str, Any]:
+    """The distribution and version a module belongs to, else its file and sha256."""
+    where: dict[str, Any] = {"module": module, **_module_distribution(module)}
+    if "distribution" not in where:
+        file = getattr(sys.modules.get(module), "__file__", None)
+        if file:
+            where.update(file=Path(file).name, sha256=_sha256(Path(file)))
+    return where
 
 
 def origin(kind: str, name: str) -> dict[str, Any] | None:
@@ -218,13 +244,16 @@ def _load_spec(spec: str) -> None:
                 sys.modules.pop(name, None)
                 raise
         return
-    where = {"module": spec, **_module_distribution(spec)}
+    where: dict[str, Any] = {"module": spec}
     with _loading(where, f"plugin module {spec!r} (--plugin or {ENV})"):
+        where.update(_module_distribution(spec))
+        if "distribution" not in where:      # the file's hash, found without importing it
+            from importlib.util import find_spec
+            found = find_spec(spec)
+            if found is None or not found.origin:
+                raise ModuleNotFoundError(f"no module named {spec!r}")
+            where.update(file=Path(found.origin).name, sha256=_sha256(Path(found.origin)))
         importlib.import_module(spec)
-        if "distribution" not in where:
-            file = getattr(sys.modules[spec], "__file__", None)
-            if file:
-                where.update(file=Path(file).name, sha256=_sha256(Path(file)))
 
 
 def _module_distribution(module: str) -> dict[str, Any]:

@@ -144,7 +144,7 @@ def _check_first_step(method: str, out: dict, epoch: int) -> None:
                         "to the student's parameters")
     if not bool(torch.isfinite(loss.detach())):
         raise NonFiniteLoss(f"{who}: the loss of its first step (epoch {epoch}) is "
-                            f"{float(loss):.4g}; accepted: a finite loss")
+                            f"{float(loss.detach()):.4g}; accepted: a finite loss")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,

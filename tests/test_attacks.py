@@ -55,13 +55,16 @@ def test_each_attack_record_builds_and_has_its_label_and_caption(name, kind, lab
 
 
 def test_a_record_that_cannot_be_built_is_refused_at_registration():
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(ValueError, match="attack name 'fgsm' is already used by a built-in"):
         register_attack(AttackSpec("fgsm", "white-box", {}, label="FGSM", build=lambda *a, **k: None))
     with pytest.raises(ValueError, match="builder"):
         register_attack(AttackSpec("no_builder", "white-box", {}, label="X"))
     with pytest.raises(ValueError, match="kind"):
         register_attack(AttackSpec("bad_kind", "grey-box", {}, label="X", build=lambda *a, **k: None))
+    with pytest.raises(ValueError, match="table label 'FGSM' is already used"):
+        register_attack(AttackSpec("fgsm2", "white-box", {}, label="FGSM", build=lambda *a, **k: None))
     assert "no_builder" not in list_attacks() and "bad_kind" not in list_attacks()
+    assert "fgsm2" not in list_attacks()
 
 
 def test_registry_has_the_protocol_attacks():

@@ -211,6 +211,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     that forgot its own ``name`` or ``label``."""
     if not isinstance(cls, type) or not issubclass(cls, Method):
         raise plugins.PluginError(f"{cls!r} is not a subclass of ciard_bench.api.Method")
+    plugins.builtins_first(cls)
     if not cls.name:
         raise plugins.PluginError(f"method class {cls.__qualname__} has no name")
     if cls.name in _REGISTRY:
@@ -221,7 +222,7 @@ def register_method(cls: type[Method]) -> type[Method]:
         if other.label == cls.label:
             raise plugins.clash("method", "table label", cls.label, other.name)
     _REGISTRY[cls.name] = cls
-    plugins.note("method", cls.name)
+    plugins.note("method", cls.name, cls)
     return cls
 
 

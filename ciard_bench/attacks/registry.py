@@ -60,6 +60,7 @@ def register_attack(spec: AttackSpec) -> AttackSpec:
     built is an error here, not at evaluation time."""
     if not isinstance(spec, AttackSpec):
         raise plugins.PluginError(f"{spec!r} is not a ciard_bench.api.AttackSpec")
+    plugins.builtins_first(spec.build or spec.caption)
     if spec.name in _REGISTRY:
         raise plugins.clash("attack", "name", spec.name, spec.name)
     for other in _REGISTRY.values():
@@ -74,7 +75,7 @@ def register_attack(spec: AttackSpec) -> AttackSpec:
     _REGISTRY[spec.name] = spec
     PROTOCOL[spec.name] = {"kind": spec.kind, **({"base": spec.base} if spec.base else {}),
                            **spec.settings}
-    plugins.note("attack", spec.name)
+    plugins.note("attack", spec.name, spec.build or spec.caption)
     return spec
 
 

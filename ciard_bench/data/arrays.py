@@ -46,10 +46,11 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
     def add(fn: Loader) -> Loader:
         if not callable(fn):
             raise plugins.PluginError(f"dataset {name!r}: {fn!r} is not a callable loader")
+        plugins.builtins_first(fn)
         if name in _LOADERS:
             raise plugins.clash("dataset", "name", name, name)
         _LOADERS[name] = fn
-        plugins.note("dataset", name)
+        plugins.note("dataset", name, fn)
         return fn
     return add
 

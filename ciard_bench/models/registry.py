@@ -30,10 +30,11 @@ def register_model(fn: Callable[..., Any] | None = None, *, name: str | None = N
     if not callable(fn):
         raise plugins.PluginError(f"model {name!r}: {fn!r} is not a callable factory")
     name = name or fn.__name__
+    plugins.builtins_first(fn)
     if name in _MODELS:
         raise plugins.clash("model", "name", name, name)
     _MODELS[name] = fn
-    plugins.note("model", name)
+    plugins.note("model", name, fn)
     return fn
 
 

@@ -128,6 +128,13 @@ def apply_overrides(preset: Preset, args: argparse.Namespace) -> tuple[Preset, d
     for key in ("n_examples", "sanity_examples"):
         if key in changed:
             values[key] = changed[key]
+    # the rows, datasets and students a cut grid has instead of the preset's (a plugin's
+    # method among them): said in the captions, which otherwise name the preset's own
+    for key, given, own in (("methods", args.methods, preset.methods),
+                            ("datasets", args.dataset, preset.datasets),
+                            ("students", args.students, tuple(preset.students))):
+        if given and tuple(given) != tuple(own):
+            changed[key] = "+".join(given)
     if args.checkpoint:
         values["checkpoint"] = args.checkpoint
     if "epochs" in changed:  # the preset's notes describe its own schedule
