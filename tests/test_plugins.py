@@ -90,7 +90,9 @@ FILES = {
     # (c) (d) (e) misbehaving method and model
     "misuse.py": HEADER + linear_model("bad_shape", extra_out=1)
     + sat_method("NoLoss", "no_loss", "No loss", loss="{'loss_adv': loss.detach()}")
-    + sat_method("NanLoss", "nan_loss", "NaN loss", loss="{'loss': loss * float('nan')}"),
+    + sat_method("NanLoss", "nan_loss", "NaN loss", loss="{'loss': loss * float('nan')}")
+    + sat_method("RowLoss", "row_loss", "Row loss", loss="{'loss': loss.expand(2)}")
+    + sat_method("Detached", "detached_loss", "Detached loss", loss="{'loss': loss.detach()}"),
 }
 
 # an installed distribution: an undecorated Method subclass and a factory named by entry points
@@ -357,7 +359,11 @@ def test_taken_names_and_labels_leave_the_plugin_out_whole(plugdir):
                             "is nan; accepted: a finite loss"),
     ("sat", "bad_shape", "model 'bad_shape' ({origin}) returned (2, 11) for 2 images of digits "
                          "((3, 32, 32)); accepted: [batch, 10] logits"),
-], ids=["no-loss", "non-finite-loss", "bad-logits-shape"])
+    ("row_loss", "resnet8", "method 'row_loss' ({origin}): forward's 'loss' has shape (2,) and "
+                            "requires_grad=True; accepted: a 0-dim tensor with a graph"),
+    ("detached_loss", "resnet8", "method 'detached_loss' ({origin}): forward's 'loss' has shape "
+                                 "() and requires_grad=False; accepted: a 0-dim tensor with a graph"),
+], ids=["no-loss", "non-finite-loss", "bad-logits-shape", "per-sample-loss", "detached-loss"])
 def test_misbehaving_plugin_method_or_model_is_one_line_naming_it(plugdir, tmp_path, method,
                                                                     student, expected):
     plug = plugdir / "misuse.py"
@@ -382,3 +388,59 @@ def test_unknown_method_names_the_plugin_that_failed(plugdir, tmp_path):
     assert "ciard" in err and "rslad" in err
     assert f" (not loaded: plugin file {str(bad)!r} {FILE_WHO}: failed to import: SyntaxError: " in err
     assert not (tmp_path / "run").exists()
+
+
+# -- 5. an option that shadows an engine flag; a plugin's attack from Python ----------------
+def test_an_option_named_like_an_engine_flag_is_one_line(tmp_path):
+    plug = tmp_path / "shadow.py"
+    plug.write_text(HEADER + "from dataclasses import dataclass\nfrom ciard_bench.api import option\n"
+                    + sat_method("Shadow", "shadow", "Shadow").replace(
+                        '    paper = "a plugin"\n',
+                        '    paper = "a plugin"\n\n    @dataclass\n    class Options:\n'
+                        '        epochs: int = option(3, "shadows --epochs")\n'))
+    err = one_line_error(cli("train", "--method", "shadow", "--help", plugins=[plug]))
+    assert err.startswith(f"error: method 'shadow' ({file_origin(plug)}): option 'epochs' "
+                          "collides with the engine flag --epochs"), err
+
+
+ATTACK = """\
+import torch
+from ciard_bench.api import AttackSpec, function_attack, register_attack
+
+
+def sign_step(model, x, y, settings):
+    x = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    grad, = torch.autograd.grad(loss, x)
+    return (x + settings["eps"] * grad.sign()).clamp(0, 1).detach()
+
+
+register_attack(AttackSpec("sign_step", "white-box", {}, label="SignStep",
+                           build=function_attack(sign_step)))
+"""
+
+
+def test_a_plugins_attack_runs_from_python_on_the_first_call(tmp_path):
+    """``evaluate(model, x, y, "sign_step")`` with the plugin given by CIARD_BENCH_PLUGINS only:
+    the attack is found on the first call (plugins load before the names are checked), its
+    examples are FGSM's (the same step through the torchattacks path), and the result names it."""
+    plug = tmp_path / "attack_plugin.py"
+    plug.write_text(ATTACK)
+    code = (
+        "import torch\n"
+        "from ciard_bench.evaluate import evaluate\n"
+        "from ciard_bench.models import create_model\n"
+        "torch.manual_seed(0)\n"
+        "model = create_model('resnet8', 10).eval()\n"
+        "x, y = torch.rand(8, 3, 32, 32), torch.arange(8) % 10\n"
+        "r = evaluate(model, x, y, 'sign_step,fgsm', 8 / 255, skip_misclassified=False,\n"
+        "             expensive_checks=False)\n"
+        "a, b = r['attacks']['sign_step'], r['attacks']['fgsm']\n"
+        "print(a['correct'] == b['correct'], [p['name'] for p in r['plugins']])\n")
+    env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_PLUGINS"}
+    env.update(CIARD_BENCH_PLUGINS=str(plug), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "['sign_step']"], proc.stdout

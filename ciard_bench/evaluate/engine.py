@@ -90,6 +90,7 @@ def resolve_attacks(spec: str | Sequence[str], with_source: bool = False) -> lis
     plus the transfer attacks when a source model is given."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     out: list[str] = []
+    plugins.load()          # a plugin's attacks are in PROTOCOL from here on
     for name in filter(None, names):
         if name == "all":
             out += list(DEFAULT_ATTACKS) + (list_attacks("transfer") if with_source else [])
