@@ -197,13 +197,19 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c, dims, shape = x.shape[1], [0, 2, 3], (1, x.shape[1], 1, 1)
         n_local = x.numel() // c
-        # this process's mean and squared deviations (two passes, as a batch norm), summed over
-        # the processes as n m and M2 + n m^2 in float64: the global M2 = that sum - N mean^2
-        # loses only float64 digits (E[x^2] - E[x]^2 in float32 loses ~mean^2/var of them)
+        # this process's sums around its float32 mean m (two passes, as a batch norm): the
+        # deviations' sum d and squares M2, so sum x = n m + d and sum x^2 = M2 + 2 m d + n m^2
+        # exactly, summed over the processes in float64: the global M2 = that sum - N mean^2
+        # loses only float64 digits. (d, zero in exact arithmetic, is what m's float32
+        # rounding leaves; without it a channel whose mean is large against its spread got a
+        # global variance off by ~n ulp(m) m, 1e-4 of a gradient through IAD's four forwards)
         m_local = x.mean(dims)
-        m2_local = ((x - m_local.view(shape)) ** 2).sum(dims).double()
+        dev = x - m_local.view(shape)
+        d_local = dev.sum(dims).double()
+        m2_local = (dev ** 2).sum(dims).double()
         m_local = m_local.double()
-        local = torch.cat([n_local * m_local, m2_local + n_local * m_local * m_local,
+        local = torch.cat([n_local * m_local + d_local,
+                           m2_local + 2 * m_local * d_local + n_local * m_local * m_local,
                            x.new_full((1,), n_local, dtype=torch.float64)])
         total = _SumOverProcesses.apply(local) if sync else local
         n = total[-1]

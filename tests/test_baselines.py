@@ -269,6 +269,7 @@ ATTACKS = {  # start, start clamped to [0, 1], student mode, teachers queried at
     "trades": ("gauss", False, "eval", ()),
     "ard": ("uniform", False, "train", ()),
     "fair_ard": ("uniform", False, "train", ()),
+    "iad_i": ("uniform", False, "train", ()), "iad_ii": ("uniform", False, "train", ()),
     "rslad": ("gauss", False, "eval", ()),
     "absld": ("gauss", False, "eval", ()),
     "mtard": ("gauss", False, "eval", ()),
@@ -284,7 +285,7 @@ def _objective(name, m, x, y, x0):
         s0 = rows(m.student(x0))
         if name in ("sat", "mtard", "bmtard"):
             return mean(ce(s0[i], y[i]) for i in range(8))
-        if name in ("ard", "fair_ard"):
+        if name in ("ard", "fair_ard", "iad_i", "iad_ii"):
             return sum(ce(s0[i], y[i]) for i in range(8))
         if name == "trades":
             s = rows(m.student(x))
