@@ -12,7 +12,7 @@ import torch
 
 from . import plugins
 from .attacks import accuracy
-from .config import TrainConfig
+from .config import TrainConfig, localize
 from .data import load_dataset, to_float_nchw
 from .distributed import Dist, global_batch_norm
 from .errors import UserError
@@ -43,16 +43,19 @@ class Run:
     y_test: Any
 
 
-def build(cfg: TrainConfig, device, d: Dist = Dist()) -> Run:
+def build(cfg: TrainConfig, device, d: Dist = Dist(), results: Any = None) -> Run:
     """Data, student, teachers, method and optimisers for a resolved config; ``d``: the
-    processes of a torchrun run, over which the method reduces its statistics."""
-    data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
+    processes of a torchrun run, over which the method reduces its statistics; ``results``:
+    the results folder of a grid cell's config (its ``results:`` paths,
+    :func:`~ciard_bench.config.localize`). The run keeps ``cfg`` as given (what it records)."""
+    here = localize(cfg, results)
+    data = load_dataset(here.dataset, root=cfg.data_root, download=cfg.download,
                         n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     student = create_model(cfg.student, num_classes=data.num_classes, **cfg.student_kwargs)
     check_logits(student, cfg.student, data)
     teachers = {}
     for role in get_method(cfg.method).teachers:
-        spec = getattr(cfg, role)
+        spec = getattr(here, role)
         if spec is None:
             raise UserError(f"method {cfg.method!r} needs --{role.replace('_', '-')} "
                             "(PATH | ARCH=PATH | rb:NAME; train one with python -m ciard_bench.teachers train)")

@@ -12,8 +12,10 @@ from typing import Any
 
 import yaml
 
+from . import plugins
 from .errors import UserError
 from .methods import get_method, make_options
+from .runs import local_path
 from .schedules import get_schedule
 from .utils import finite, parse_eps, parse_fraction
 
@@ -76,8 +78,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Keys that may change between a run and its resume (they do not change the math).
-RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark", "threads")
+# Keys that may change between a run and its resume (they do not change the math). The
+# folders data and RobustBench files are read from are where this machine keeps them: a run
+# (or a results folder) moved to another machine resumes with that machine's.
+RESUME_FREE_KEYS = ("device", "num_workers", "out", "eval_batch_size", "cudnn_benchmark", "threads",
+                    "data_root", "teacher_model_dir")
+
+
+def _identity(key: str, value: Any) -> Any:
+    """What a resume compares of a setting: an ``npz:`` dataset by its file name (the file
+    may sit elsewhere on another machine, as a built-in dataset under another --data-root),
+    every other value as it is."""
+    if key == "dataset" and isinstance(value, str) and value.startswith("npz:"):
+        return "npz:" + Path(value[4:]).name
+    return value
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -88,9 +102,21 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[s
     out = []
     for key in sorted(set(saved) | set(now)):
         was = saved.get(key, defaults.get(key))
-        if key not in RESUME_FREE_KEYS and was != now.get(key):
+        if key not in RESUME_FREE_KEYS and _identity(key, was) != _identity(key, now.get(key)):
             out.append((key, was, now.get(key)))
     return out
+
+
+def localize(cfg: TrainConfig, results: str | Path | None) -> TrainConfig:
+    """``cfg`` with its paths inside a results folder (``results:...``: a grid cell's run
+    folder, the teachers the grid trained, :mod:`ciard_bench.runs`) as this process opens
+    them; what is recorded stays ``cfg``. Every other path is kept as the user gave it."""
+    dataset = cfg.dataset
+    if dataset.startswith("npz:"):
+        dataset = "npz:" + str(local_path(dataset[4:], results))
+    return dataclasses.replace(cfg, out=local_path(cfg.out, results), dataset=dataset,
+                               clean_teacher=local_path(cfg.clean_teacher, results),
+                               robust_teacher=local_path(cfg.robust_teacher, results))
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -232,7 +258,9 @@ def add_method_arguments(parser: argparse.ArgumentParser, method_cls: type) -> N
     g = parser.add_argument_group(f"{method_cls.name} options")
     for f in fields:
         if _flag(f.name) in parser._option_string_actions:   # a method option may not shadow an engine flag
-            raise ValueError(f"method {method_cls.name!r}: option {f.name!r} collides with the engine flag {_flag(f.name)}")
+            raise UserError(f"method {method_cls.name!r} ({plugins.describe('method', method_cls.name)}): "
+                            f"option {f.name!r} collides with the engine flag {_flag(f.name)}; "
+                            "accepted: another option name")
         kw: dict[str, Any] = {"dest": f"opt__{f.name}", "default": None, "metavar": f.name.upper(),
                               "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
         if isinstance(f.default, bool):

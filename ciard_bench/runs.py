@@ -12,6 +12,15 @@ Layout of ``<out>/``::
 A checkpoint is written under a new name first and only then made current by rewriting
 ``run.json``; the file it replaces is deleted afterwards. A kill at any moment therefore
 leaves ``run.json`` pointing to complete files whose sha256 it records.
+
+Paths inside a results folder (:func:`in_results`): a grid's cell names its own run folder
+(``out``) and the run folders of the teachers the grid trained as ``results:runs/<cell id>``,
+relative to the results folder its records are in, so a results folder can be moved or
+copied (another path, another machine) and still re-render, resume and check its cells.
+Whoever runs such a config says which folder that is (``train(..., results=DIR)``,
+``python -m ciard_bench.train --results-dir DIR``); :func:`local_path` gives the path this
+process opens. Every other path (``--out``, a teacher file, ``npz:PATH``, ``--data-root``) is
+kept as the user gave it: relative to the working directory.
 """
 from __future__ import annotations
 
@@ -23,6 +32,35 @@ from typing import Any
 from .checkpoint import (atomic_write_json, atomic_write_text, json_text, load_checkpoint,
                          save_checkpoint)
 from .errors import UserError
+
+
+RESULTS = "results:"   # the prefix of a path relative to the results folder of the record
+
+
+def in_results(relative: str | Path) -> str:
+    """How a record names a path inside its results folder: ``results:runs/<cell id>``."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"{str(relative)!r} is not a path inside a results folder")
+    return RESULTS + rel.as_posix()
+
+
+def is_in_results(value: Any) -> bool:
+    """Whether ``value`` is a path named relative to a results folder (:func:`in_results`)."""
+    return isinstance(value, str) and value.startswith(RESULTS)
+
+
+def local_path(value: Any, results: str | Path | None) -> Any:
+    """A recorded path as this process opens it: ``results:REL`` -> ``<results>/REL``; any
+    other value (a path as the user gave it, ``rb:NAME``, ``ARCH=PATH``, None) unchanged.
+    A ``results:`` path without a results folder is a one-line error."""
+    if not is_in_results(value):
+        return value
+    if results is None:
+        raise UserError(f"{value!r} is a path inside a results folder (a grid cell's config); "
+                        "accepted: the folder that holds it (python -m ciard_bench.train "
+                        "--results-dir DIR, or run the grid: python -m ciard_bench.tables)")
+    return str(Path(results) / value[len(RESULTS):])
 
 
 class RunDir:

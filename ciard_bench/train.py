@@ -45,7 +45,7 @@ from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradien
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .methods import get_method, list_methods
-from .runs import RunDir, check_writable
+from .runs import RunDir, check_writable, local_path
 from .schedules import get_schedule
 from .signals import stop_at_look, stop_on_signals
 from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
@@ -106,6 +106,12 @@ def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threadin
         out = run.method(x, y)
     if not isinstance(out, dict) or not isinstance(out.get("loss"), torch.Tensor):
         raise UserError(_no_loss(run.cfg.method, out))
+    loss = out["loss"]
+    if loss.dim() != 0 or not loss.requires_grad:    # metadata only: no host sync
+        raise UserError(f"method {run.cfg.method!r} ({plugins.describe('method', run.cfg.method)}): "
+                        f"forward's 'loss' has shape {tuple(loss.shape)} and requires_grad="
+                        f"{loss.requires_grad}; accepted: a 0-dim tensor with a graph to the "
+                        "student's parameters")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out["loss"]).backward()
     if agreed is not None:
@@ -134,23 +140,24 @@ def _no_loss(method: str, out: Any) -> str:
 
 
 def _check_first_step(method: str, out: dict, epoch: int) -> None:
-    """The first step of a run: a loss that is not a 0-dim tensor with a graph, or is not
-    finite, names the method and where it comes from (one host sync, once per run)."""
+    """The first step of a run: a loss that is not finite names the method and where it
+    comes from (one host sync, once per invocation; later steps are checked as before)."""
     loss = out["loss"]
     who = f"method {method!r} ({plugins.describe('method', method)})"
-    if loss.dim() != 0 or not loss.requires_grad:
-        raise UserError(f"{who}: forward's 'loss' has shape {tuple(loss.shape)} and "
-                        f"requires_grad={loss.requires_grad}; accepted: a 0-dim tensor with a graph "
-                        "to the student's parameters")
     if not bool(torch.isfinite(loss.detach())):
         raise NonFiniteLoss(f"{who}: the loss of its first step (epoch {epoch}) is "
                             f"{float(loss.detach()):.4g}; accepted: a finite loss")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
-          stop: threading.Event | None = None) -> dict[str, Any]:
+          stop: threading.Event | None = None, results: str | os.PathLike | None = None
+          ) -> dict[str, Any]:
     """Train (or resume) one run; returns the result dict also written to ``result.json``.
     ``progress=False`` hides the per-epoch bar (the tables harness shows one bar of its own).
+
+    ``results``: the results folder that the config's ``results:`` paths are inside (a grid
+    cell's run folder and the teachers the grid trained, :mod:`ciard_bench.runs`); the run
+    records the config as given, so its folder can move. Other paths are used as given.
 
     ``stop`` (default :data:`STOP`): once it is set, the run saves
     a checkpoint at the next step boundary and returns ``{"interrupted": {"epoch", "step",
@@ -159,6 +166,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     Under ``torchrun`` every process calls this; see :mod:`ciard_bench.distributed`.
     """
     cfg = resolve(cfg)
+    out = local_path(cfg.out, results)      # the run folder as this process opens it
     stop = STOP if stop is None else stop
     d, device_name = setup(cfg.device)
     device = resolve_device(device_name)
@@ -171,20 +179,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rundir = RunDir(cfg.out)
+    rundir = RunDir(out)
     saved_cfg = rundir.read_state().get("config") if rundir.exists() else None
     if rundir.exists() and not resume:
-        raise UserError(f"run folder {cfg.out!r} already holds a run; pass --resume to continue it "
+        raise UserError(f"run folder {out!r} already holds a run; pass --resume to continue it "
                         "or choose another --out")
     used = plugins.provenance(method=cfg.method, model=cfg.student, dataset=cfg.dataset)
     if saved_cfg is not None:
-        _check_resume_config(saved_cfg, cfg, cfg.out)
-        _check_resume_plugins(rundir.read_state().get("plugins", []), used, cfg.out)
+        _check_resume_config(saved_cfg, cfg, out)
+        _check_resume_plugins(rundir.read_state().get("plugins", []), used, out)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
     if d.enabled:
         log.info("process %d of %d (world size %d) on %s", d.rank, d.world_size, d.world_size, device)
-    run = build(cfg, device, d)        # every input is checked before anything is written
+    run = build(cfg, device, d, results)   # every input is checked before anything is written
     if d.is_main:
         rundir.clean_temporaries()
         atomic_write_json(rundir.root / "config.json", cfg.to_dict())
@@ -198,7 +206,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         _restore(run, ckpt, d)
         history, best_wr, partial = ckpt["history"], ckpt["best_wr"], ckpt.get("partial", {})
         start_epoch, start_step = (ckpt["epoch"], ckpt["step"]) if ckpt["step"] else (ckpt["epoch"] + 1, 0)
-        log.info("resuming %s at epoch %d step %d", cfg.out, start_epoch, start_step)
+        log.info("resuming %s at epoch %d step %d", out, start_epoch, start_step)
     train_ds = ArrayDataset(run.data.x_train, run.data.y_train, augment=True, seed=cfg.seed)
 
     def save(epoch: int, step: int, best: dict | None, sums: dict) -> None:
@@ -265,7 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 save(epoch, i + 1, None, {"sums": {k: v.cpu() for k, v in sums.items()}, "n": n_done})
             if stop_now:
                 bar.close()
-                return _stopped(cfg, epoch, i + 1, d)
+                return _stopped(cfg, out, epoch, i + 1, d)
         bar.close()
         method.end_epoch(epoch)
         all_reduce_mean(sums, d)
@@ -292,7 +300,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         save(epoch, 0, best, {})
         start_step, partial = 0, {}
         if epoch < cfg.epochs and _stop_requested(stop, d, device):
-            return _stopped(cfg, epoch, 0, d)
+            return _stopped(cfg, out, epoch, 0, d)
     in_sync = max_param_difference(method, d)
     result = _finish(rundir, cfg, history, device, d, in_sync, used) if d.is_main else {}
     teardown(d)   # waits for every rank first
@@ -308,11 +316,12 @@ def _stop_requested(stop: threading.Event, d: Dist, device: Any) -> bool:
     return bool(all_reduce_max(flag, d).item())
 
 
-def _stopped(cfg: TrainConfig, epoch: int, step: int, d: Dist) -> dict[str, Any]:
-    """The run saved at (epoch, step) on a stop request: say so, and return that."""
+def _stopped(cfg: TrainConfig, out: str, epoch: int, step: int, d: Dist) -> dict[str, Any]:
+    """The run saved at (epoch, step) on a stop request: say so, and return that (``out``:
+    the run folder as the config names it)."""
     where = f"epoch {epoch} step {step}" if step else f"the end of epoch {epoch}"
     if d.is_main:
-        log.warning("stop requested: saved %s at %s; --resume continues from there", cfg.out, where)
+        log.warning("stop requested: saved %s at %s; --resume continues from there", out, where)
     teardown(d)   # waits for every rank first
     return {"interrupted": {"epoch": epoch, "step": step, "out": cfg.out}}
 
@@ -373,6 +382,9 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     parser.add_argument("--list-datasets", action="store_true", help="list the datasets (built-in "
                         "or which plugin) and exit")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--results-dir", help="the results folder of a grid cell's config (its "
+                        "results:... paths: the run folder, the teachers the grid trained); "
+                        "python -m ciard_bench.tables passes it")
     add_train_arguments(parser)
     add_method_arguments(parser, get_method(method_name))
     return parser
@@ -400,7 +412,7 @@ def _main(argv: list[str] | None) -> int:
     STOP.clear()
     with stop_on_signals(STOP) as received:   # TERM / USR1 / USR2: save at the next step
         # CIARD_BENCH_STOP_AT=<n>: a stop at a chosen step boundary (the rehearsal's, signals.py)
-        result = train(cfg, resume=args.resume, stop=stop_at_look(STOP))
+        result = train(cfg, resume=args.resume, stop=stop_at_look(STOP), results=args.results_dir)
     STOP.clear()
     if result and "interrupted" in result:
         where = result["interrupted"]
@@ -425,13 +437,15 @@ def _out_folder(argv: list[str] | None) -> str | None:
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--out")
     pre.add_argument("--config")
+    pre.add_argument("--results-dir")
     known = pre.parse_known_args(argv)[0]
-    if known.out is None and known.config:
-        try:
-            return load_config_file(known.config).get("out")
-        except UserError:     # the run itself reports a bad config file
-            return None
-    return known.out
+    try:
+        out = known.out
+        if out is None and known.config:
+            out = load_config_file(known.config).get("out")
+        return local_path(out, known.results_dir)
+    except UserError:     # the run itself reports a bad config file
+        return None
 
 
 if __name__ == "__main__":

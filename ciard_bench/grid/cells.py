@@ -12,7 +12,11 @@ Cells, in the order they are run (teachers first: the students distil from them)
 Seeds are a grid axis: every trained cell runs once per seed (``preset.seed``,
 ``preset.seed + 1``, ...), and the students of seed k distil from the teachers of seed k, so
 the spread over seeds holds the teachers' training noise too. Each cell's run folder is
-``<results>/runs/<cell id>``.
+``<results>/runs/<cell id>``; its config names it, and the run folders of the teachers the
+grid trained, relative to the results folder (``results:runs/<cell id>``,
+:func:`ciard_bench.runs.in_results`), so a results folder moved or copied elsewhere still
+matches its grid. Paths the user gave (``--data-root``, ``npz:PATH``, ``--model-dir``, a
+teacher file) are kept as given.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..methods import get_method, list_methods
 from ..models import TEACHER_METHODS
+from ..runs import in_results
 from ..utils import positive_int
 from .presets import (ABLATION_ATTACKS, ABLATIONS, STUDENT_ATTACKS, TEACHER_ATTACKS, Preset,
                       method_label)
@@ -85,6 +90,18 @@ def dataset_label(dataset: str) -> str:
     return Path(dataset[4:]).stem if dataset.startswith("npz:") else dataset
 
 
+def spec_label(spec: str) -> str:
+    """How tables name a teacher the user gave: ``rb:NAME`` as it is, a file or run folder
+    by its name (``resnet8=/a/b/t.pt`` -> ``resnet8=t.pt``): no directory of the user's in a
+    file meant for a paper (the config records the spec as given)."""
+    if spec.startswith("rb:"):
+        return spec
+    arch, sep, path = spec.partition("=")
+    if sep and "/" not in arch and "\\" not in arch:      # ARCH=PATH (never the disk's say:
+        return f"{arch}={Path(path).name}"               # the label is the same everywhere)
+    return Path(spec).name or spec
+
+
 def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict,
                    seed: int) -> list[Cell]:
     cells = []
@@ -96,20 +113,27 @@ def _teacher_cells(grid: Grid, dataset: str, overrides: dict, common: dict,
                     seed=cell_seed)
         if spec:
             cell.spec = spec
-            cell.row = f"{plan.label}: {spec}" if overrides.get(role) else plan.label
+            cell.row = f"{plan.label}: {spec_label(spec)}" if overrides.get(role) else plan.label
         else:
             cell.method = TEACHER_METHODS[role]
             cell.config = TrainConfig(**{**common, **plan.train, "method": cell.method,
                                          "student": plan.arch, "student_kwargs": dict(plan.kwargs),
-                                         "out": str(grid.run_dir(cell))})
+                                         "out": cell_out(cell)})
         cells.append(cell)
     return cells
 
 
+def cell_out(cell: Cell) -> str:
+    """The run folder a cell's config names: ``results:runs/<cell id>``, inside the results
+    folder wherever it is (:meth:`Grid.run_dir` is where this process finds it)."""
+    return in_results(f"runs/{cell.id}")
+
+
 def _teacher_spec(grid: Grid, cell: Cell) -> str:
-    """What a student's config names as its teacher: the spec, or the run folder (absolute,
-    so a resumed or re-checked run compares equal from any working directory)."""
-    return cell.spec if cell.spec else str(grid.run_dir(cell).resolve())
+    """What a student's config names as its teacher: the spec as the user gave it, or the
+    teacher cell's run folder inside the results folder (the same string from any working
+    directory and in any copy of the folder)."""
+    return cell.spec if cell.spec else cell_out(cell)
 
 
 def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, method: str,
@@ -126,7 +150,7 @@ def _student_cell(grid: Grid, cid: str, kind: str, dataset: str, student: str, m
     cell.config = TrainConfig(**{**common, **grid.preset.train, **specs, "method": method,
                                  "method_options": dict(options), "student": arch,
                                  "student_kwargs": dict(kwargs), **curves,
-                                 "out": str(grid.run_dir(cell))})
+                                 "out": cell_out(cell)})
     return cell
 
 

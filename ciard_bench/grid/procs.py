@@ -1,7 +1,8 @@
 """One cell's training on several processes (``--procs-per-cell N``), for both launchers.
 
 The cell's resolved config goes to a JSON file and ``python -m torch.distributed.run
---standalone --nproc-per-node N -m ciard_bench.train --config FILE [--resume]`` trains it:
+--standalone --nproc-per-node N -m ciard_bench.train --config FILE --results-dir RESULTS
+[--resume]`` trains it:
 PyTorch's own launcher, on this machine (a local worker's, or one SLURM job's node). Every
 process takes the devices it is given (``CUDA_VISIBLE_DEVICES``: process k uses GPU k of
 them) or the CPU (gloo). Everything else is the engine's: the checkpoints, the exact resume,
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
+from ..runs import local_path
 from ..signals import STOP_AT_ENV
 
 log = logging.getLogger("ciard_bench.tables")
@@ -40,15 +42,16 @@ FORWARD = signal.SIGUSR1   # what the caller's stop request becomes in the train
 
 
 def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.Event,
-                    stop_at: int | None = None) -> bool:
+                    stop_at: int | None = None, results: Path | None = None) -> bool:
     """Train ``cfg`` (resolved) on ``procs`` processes; True when it finished, False when it
     stopped on ``stop`` or at ``stop_at`` (saved at a step boundary). A failure raises
     ``RuntimeError`` with the failing rank's line and the log's path.
 
     ``stop_at`` (the rehearsal's): every process stops at its ``stop_at``-th look at its stop
     flag (``CIARD_BENCH_STOP_AT``, :class:`ciard_bench.signals.StopAtLook`), a step boundary
-    known in advance."""
-    out = Path(cfg.out)
+    known in advance. ``results``: the results folder of the config's ``results:`` paths
+    (``--results-dir`` of the training processes)."""
+    out = Path(local_path(cfg.out, results))
     out.mkdir(parents=True, exist_ok=True)         # a run folder is a run once run.json is in it
     log_path = out / "torchrun.log"
     with tempfile.TemporaryDirectory(prefix="ciard-cell-") as tmp:
@@ -56,6 +59,7 @@ def train_processes(cfg: TrainConfig, procs: int, resume: bool, stop: threading.
         config.write_text(json.dumps(cfg.to_dict()))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={procs}", "-m", "ciard_bench.train", "--config", str(config),
+               *(["--results-dir", str(results)] if results is not None else []),
                *(["--resume"] if resume else [])]
         # the caller's threads (--threads, a SLURM job's CPUs) shared among the processes
         threads = max(1, torch.get_num_threads() // procs)

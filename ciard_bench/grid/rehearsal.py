@@ -49,11 +49,11 @@ import torch
 from .. import plugins
 from .. import train as engine
 from ..checkpoint import atomic_write_json
-from ..config import resolve
+from ..config import localize, resolve
 from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
 from ..models import robustbench_path, write_random_zoo_file, zoo_dataset
-from ..runs import RunDir
+from ..runs import RunDir, in_results, local_path
 from ..signals import StopAtLook
 from ..utils import resolve_device
 from .cells import Cell, Grid, build_grid, dataset_slug
@@ -217,10 +217,11 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
     if "measured" not in record:
         real = resolve(grid.settings["rehearse"]["real"][cell.id])
         cfg = resolve(cell.config)
-        measure = dataclasses.replace(real, dataset=cfg.dataset, data_root=cfg.data_root,
-                                      clean_teacher=cfg.clean_teacher,
-                                      robust_teacher=cfg.robust_teacher,
-                                      teacher_model_dir=cfg.teacher_model_dir, out=cfg.out,
+        here = localize(cfg, grid.results)      # measured here: the paths as opened here
+        measure = dataclasses.replace(real, dataset=here.dataset, data_root=cfg.data_root,
+                                      clean_teacher=here.clean_teacher,
+                                      robust_teacher=here.robust_teacher,
+                                      teacher_model_dir=cfg.teacher_model_dir, out=here.out,
                                       batch_size=real.batch_size // procs)
         start = time.perf_counter()
         record["measured"] = {**measure_training(measure, device), "procs": procs,
@@ -230,7 +231,8 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
     if "straight" not in record:
         shutil.rmtree(straight, ignore_errors=True)
         start = time.perf_counter()
-        _train(dataclasses.replace(cell.config, out=str(straight)), procs, resume=False)
+        _train(dataclasses.replace(cell.config, out=in_results(f"rehearsal-straight/{cell.id}")),
+               procs, grid.results, resume=False)
         record["straight"] = {"seconds": time.perf_counter() - start}
         _write_record(run_dir, record)
     if "stopped" not in record:
@@ -238,7 +240,7 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             (run_dir / "run.json").unlink(missing_ok=True)
         start = time.perf_counter()
-        out = _train(cell.config, procs, resume=False, stop_at=_stop_look(procs),
+        out = _train(cell.config, procs, grid.results, resume=False, stop_at=_stop_look(procs),
                      fire=_fire(grid, cell, procs))
         record["stopped"] = {**out.get("interrupted", {"epoch": None, "step": None}),
                              "seconds": time.perf_counter() - start}
@@ -251,7 +253,7 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
                 _signal_self()
             return out                  # the job's handler requeues; the new job resumes below
     start = time.perf_counter()
-    out = _train(cell.config, procs, resume=True)
+    out = _train(cell.config, procs, grid.results, resume=True)
     if "interrupted" in out:            # a real stop request (a preempted job): resumed later
         return out
     record["resumed"] = {"seconds": time.perf_counter() - start,
@@ -286,18 +288,19 @@ def _remove(run: Path, root: Path) -> None:
             break
 
 
-def _train(cfg: Any, procs: int, resume: bool, stop_at: int | None = None,
+def _train(cfg: Any, procs: int, results: Path, resume: bool, stop_at: int | None = None,
            fire: Callable[[], None] | None = None) -> dict[str, Any]:
-    """One run of the cell, in this process or on ``procs`` processes; stopped at the
-    ``stop_at``-th look at the stop flag when given. Returns the engine's result
-    (``{"interrupted": {"epoch", "step"}}`` when it stopped)."""
+    """One run of the cell (its ``results:`` paths inside ``results``), in this process or on
+    ``procs`` processes; stopped at the ``stop_at``-th look at the stop flag when given.
+    Returns the engine's result (``{"interrupted": {"epoch", "step"}}`` when it stopped)."""
     if procs == 1:
         stop = StopAtLook(stop_at, fire, engine.STOP if fire else None) if stop_at else None
-        return engine.train(cfg, resume=resume, progress=False, stop=stop)
+        return engine.train(cfg, resume=resume, progress=False, stop=stop, results=results)
     # engine.STOP: a real stop request (a SLURM job's signal) is passed on to the processes
-    if train_processes(resolve(cfg), procs, resume, engine.STOP, stop_at=stop_at):
+    if train_processes(resolve(cfg), procs, resume, engine.STOP, stop_at=stop_at,
+                       results=results):
         return {}
-    last = RunDir(cfg.out).read_state().get("last") or {}
+    last = RunDir(local_path(cfg.out, results)).read_state().get("last") or {}
     return {"interrupted": {"epoch": last.get("epoch"), "step": last.get("step")}}
 
 

@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from ..models import load_model_file, load_teacher
 from ..runs import RunDir
 from ..train import STOP, train
 from ..utils import provenance, resolve_device
-from . import rehearsal
+from . import migrate, rehearsal
 from .cells import Cell, Grid
 from .locks import LOCK_DIR, file_lock
 from .procs import train_processes
@@ -102,7 +103,10 @@ def train_state(grid: Grid, cell: Cell) -> str:
     if (rundir.root / "result.json").is_file():
         _check_same_config(grid, cell)
         return DONE
-    return PARTIAL if rundir.exists() else MISSING
+    if rundir.exists():
+        _check_relocatable(grid, cell, rundir.read_state().get("config") or {})
+        return PARTIAL
+    return MISSING
 
 
 def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
@@ -117,6 +121,7 @@ def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
 def _check_same_config(grid: Grid, cell: Cell) -> None:
     result = read_json(grid.run_dir(cell) / "result.json") or {}
     saved, now = result.get("config", {}), resolve(cell.config).to_dict()
+    _check_relocatable(grid, cell, saved)
     was_used, used = result.get("plugins", []), cell_plugins(cell)
     if was_used != used:      # another plugin version: its rows are not mixed in silently
         def said(entries: list) -> str:
@@ -126,9 +131,6 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
                         f"{said(used)}; install the version it was trained with, or delete "
                         f"{str(grid.run_dir(cell))!r}, or choose another --results-dir")
     for key, was, asked in changed_settings(saved, now):
-        # a moved results folder is the same
-        if key in ("clean_teacher", "robust_teacher") and _in_grid(was) == _in_grid(asked):
-            continue
         if key == "sync_bn":   # 1 process, or several with global BatchNorm: the same step
             continue
         raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
@@ -136,12 +138,18 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
                         "delete that folder or choose another --results-dir")
 
 
-def _in_grid(spec: Any) -> Any:
-    """A teacher spec inside a results folder (``.../runs/<cell id>``) as ``runs/<cell id>``,
-    so a results folder that was moved or cloned elsewhere still matches its grid."""
-    if isinstance(spec, str) and "/runs/" in spec:
-        return "runs/" + spec.rsplit("/runs/", 1)[1]
-    return spec
+def _check_relocatable(grid: Grid, cell: Cell, saved: dict[str, Any]) -> None:
+    """A run recorded before results folders could move names its teachers by the absolute
+    path of the folder it was made in: one line that says how to rewrite the folder once
+    (:mod:`.migrate`), instead of a mismatch of settings."""
+    now = cell.config
+    for key in ("clean_teacher", "robust_teacher"):
+        if migrate.in_grid_path(saved.get(key)) == getattr(now, key) != saved.get(key):
+            raise UserError(
+                f"cell {cell.id} in {str(grid.run_dir(cell))!r} names its {key} by the path "
+                f"{saved[key]!r} (written before results folders could move); rewrite the "
+                f"folder once: python -m ciard_bench.tables --results-dir "
+                f"{shlex.quote(str(grid.results))} --migrate-paths")
 
 
 def eval_key(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
@@ -216,9 +224,9 @@ def _train_cell(grid: Grid, cell: Cell, resume: bool) -> float:
     if "rehearse" in grid.settings:     # measured, trained straight, stopped and resumed
         rehearsal.train_task(grid, cell)
     elif procs > 1:   # torchrun, under this process's cell lock (grid/procs.py)
-        train_processes(resolve(cell.config), procs, resume, STOP)
-    else:
-        train(dataclasses.replace(cell.config), resume=resume, progress=False)   # one bar: the grid's
+        train_processes(resolve(cell.config), procs, resume, STOP, results=grid.results)
+    else:                                                           # one bar: the grid's
+        train(dataclasses.replace(cell.config), resume=resume, progress=False, results=grid.results)
     seconds = time.perf_counter() - start
     steps = sum(r.get("steps", 0) for r in _log(grid, cell))
     _record_timing(grid, cell, train_s=before + seconds, steps=steps)

@@ -24,6 +24,7 @@ from .._compat import import_robustbench
 from ..config import read_mapping_file
 from ..errors import UserError
 from ..models import NUM_CLASSES
+from ..runs import is_in_results
 
 # <Name><Year><FirstWordOfTheTitle>[_suffix]: matches every cifar10/cifar100 Linf zoo id but
 # the reference model "Standard" (tests check this against robustbench's own model_dicts)
@@ -115,6 +116,8 @@ def architecture_label(arch: Mapping) -> str:
 def _teacher_label(spec: str) -> str:
     if spec.startswith("rb:"):
         return f"{spec[3:]} (RobustBench)"
+    if is_in_results(spec):     # a teacher its grid trained: results:runs/<cell id>
+        return f"{spec.split(':', 1)[1].removeprefix('runs/')} (trained by its ciard-bench grid)"
     arch, _, path = spec.partition("=")
     # a local path means nothing to readers: keep its last component
     return f"{arch} ({Path(path).name})" if path else Path(spec).name

@@ -23,7 +23,7 @@ from ..data import load_dataset, to_float_nchw
 from ..errors import ArgumentParser, UserError, cli_main
 from ..evaluate import evaluate, preflight_checks, summary_table
 from ..models import NUM_CLASSES, load_model_file
-from ..runs import check_writable, resolve_checkpoint
+from ..runs import RunDir, check_writable, resolve_checkpoint
 from ..utils import parse_eps, positive_int, provenance, resolve_device
 from . import card as cards
 from .issue import issue_text, zoo_entry_text
@@ -117,11 +117,25 @@ def _load_points(args: argparse.Namespace, v: dict) -> tuple:
 
 
 def _load_student(path: str, device: Any) -> tuple:
-    """The model, its metadata, and the training config the checkpoint saved (or None)."""
+    """The model, its metadata, and its training config: the run folder's record when the
+    checkpoint is one of a run folder's (``run.json``, which ``--migrate-paths`` rewrites),
+    else the one the checkpoint saved (or None)."""
     model, meta = load_model_file(path, device=device)
-    saved = load_checkpoint(*resolve_checkpoint(path))
-    config = saved.get("config") if isinstance(saved, Mapping) else None
+    file, sha = resolve_checkpoint(path)
+    saved = load_checkpoint(file, sha)
+    config = _recorded_config(Path(file)) or (saved.get("config") if isinstance(saved, Mapping)
+                                               else None)
     return model, meta, config if isinstance(config, Mapping) else None
+
+
+def _recorded_config(file: Path) -> Mapping | None:
+    """The config ``run.json`` records for the run whose current checkpoint ``file`` is."""
+    if file.parent.name != "checkpoints":
+        return None
+    state = RunDir(file.parent.parent).read_state()
+    current = {entry.get("file") for entry in (state.get("last"), state.get("best")) if entry}
+    config = state.get("config") if file.name in current else None
+    return config if isinstance(config, Mapping) else None
 
 
 def _refuse_on_checks(checks: list[dict], force: bool) -> list[str]:

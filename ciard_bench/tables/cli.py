@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
-from ..grid import launchers, rehearsal, runner, slurm, store
+from ..grid import launchers, migrate, rehearsal, runner, slurm, store
 from ..reports import figures, render
 from ..reports import rehearsal as rehearsal_report
 from ..reports.frames import all_tables
@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                    "80 are always shown)")
     p.add_argument("--render-only", action="store_true", help="train nothing: render the tables "
                    "from what the results folder holds (missing cells are marked)")
+    p.add_argument("--migrate-paths", action="store_true", help="once, for a results folder "
+                   "written before results folders could move: rewrite the absolute paths its "
+                   "records name the grid's teachers by (and each cell's out) relative to the "
+                   "folder, and the page likewise; nothing else changes, nothing is run")
     p.add_argument("--shard", help="i/n: run only every n-th cell starting at i (0 <= i < n)")
     p.add_argument("--only", type=_csv, help="cell kinds to run: teacher,student,ablation "
                    "(with --shard: run --only teacher first)")
@@ -257,6 +261,8 @@ def _run(argv: list[str] | None) -> int:
     preset, changed = apply_overrides(get_preset(args.preset), args)
     shard = parse_shard(args.shard)
     results = Path(args.results_dir or Path("results") / preset.name)
+    if args.migrate_paths:
+        return _migrate(results)
     if args.launcher == "slurm":     # jobs may start in another working directory
         results = results.resolve()
     device, devices = launchers.local_devices(args.devices, args.device, args.workers)
@@ -358,6 +364,24 @@ def _run(argv: list[str] | None) -> int:
         if counts["fail"]:
             return 1
     return 1 if summary["failed"] or unfinished else 0
+
+
+def _migrate(results: Path) -> int:
+    """``--migrate-paths``: rewrite ``results`` once (:mod:`ciard_bench.grid.migrate`)."""
+    if not results.is_dir():
+        raise UserError(f"--migrate-paths: {str(results)!r} is not a folder; accepted: a "
+                        "results folder of python -m ciard_bench.tables (--results-dir)")
+    with store.store_lock(results):
+        report = migrate.migrate_paths(results)
+    for name, changed in report["files"].items():
+        print(f"rewrote {name}: " + ", ".join(f"{k} {old!r} -> {new!r}"
+                                               for k, (old, new) in changed.items()))
+    if report["page"]:
+        print(f"rewrote {results / 'index.html'}: {report['page']} settings in its drill-downs")
+    print(f"{results}: {len(report['files'])} records and {report['page']} page entries "
+          "rewritten" if report["files"] or report["page"] else
+          f"{results}: nothing to rewrite (its paths are relative to the folder already)")
+    return 0
 
 
 def _budgets(text: str | None) -> tuple[float, ...]:
