@@ -3,8 +3,10 @@ variable and an installed distribution's entry points (a ``*.dist-info`` folder 
 ``PYTHONPATH``, the on-disk format pip writes) register methods, models and datasets; listings,
 ``result.json`` and ``--resume`` say where each comes from; and every misuse (a plugin that
 fails to import, a taken name or table label, a method without a loss or with a non-finite
-one, a model with the wrong output, a changed plugin at a resume, a missing file) is one line
-on stderr naming the plugin, never a traceback, while the built-ins keep working.
+one, a model with the wrong output, a changed plugin at a resume, a missing file, an option
+that shadows an engine flag, adaptive state kept outside the checkpoint, caught by the
+rehearsal's stop and resume) is one line naming the plugin, never a traceback, while the
+built-ins keep working.
 
 Every command is a subprocess (plugins load once per process); runs are 1 epoch on a few
 dozen images with 1 attack step and 1 thread.
@@ -444,3 +446,63 @@ def test_a_plugins_attack_runs_from_python_on_the_first_call(tmp_path):
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "['sign_step']"], proc.stdout
+
+
+# -- 6. adaptive state kept outside the checkpoint: the rehearsal's stop and resume ---------
+FORGETFUL = HEADER + '''
+
+@register_method
+class Forgetful(Method):
+    """CE on PGD examples scaled by a step counter kept as a plain attribute: not a buffer, so
+    not in checkpoint_state(), so a resumed run restarts it at 0 and trains differently."""
+    name = "forgetful"
+    label = "Forgetful"
+    description = "a step counter outside the checkpoint"
+    paper = "a plugin"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def forward(self, x, y):
+        self.calls += 1
+        with eval_mode(self.student):
+            x_adv = pgd(lambda xa: F.cross_entropy(self.student(xa), y), x, eps=self.ctx.eps,
+                        alpha=self.ctx.alpha, steps=1, start="uniform", shard=self.ctx.dist)
+        loss = F.cross_entropy(self.student(x_adv), y) * (1.0 + 0.5 * self.calls)
+        return {"loss": loss}
+'''
+
+
+def test_the_rehearsal_catches_state_left_out_of_the_checkpoint(tmp_path):
+    """A plugin method whose adaptive state is a Python attribute: its rehearsed cell is
+    stopped mid-epoch and resumed, differs from the straight run, and the rehearsal fails it
+    in one line that names the plugin and the cause; the same method keeping the counter in
+    a buffer passes."""
+    import torch
+
+    from ciard_bench.models import create_model, save_model_file
+    teachers = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        teachers.append(tmp_path / f"t{seed}.pt")
+        save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10},
+                        teachers[-1])
+    grid = ["--students", "resnet18", "--methods", "forgetful", "--no-figures", "--threads", "1",
+            "--clean-teacher", str(teachers[0]), "--robust-teacher", str(teachers[1]), "--rehearse"]
+    plug = tmp_path / "forgetful.py"
+    plug.write_text(FORGETFUL)
+    proc = cli("tables", "--results-dir", str(tmp_path / "bad"), *grid, plugins=[plug])
+    no_traceback(proc)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    failed = [l for l in proc.stdout.splitlines() if l.startswith("failed: ")]
+    assert len(failed) == 1 and "/forgetful/seed0: stopped at epoch 2 step 1 and resumed, the run " \
+        "differs from the straight one" in failed[0], proc.stdout
+    assert f"method 'forgetful' comes from the plugin {plug.name} (sha256 {sha(plug)[:12]})" \
+        in failed[0] and "outside buffers or modules (checkpoint_state())" in failed[0], failed[0]
+
+    kept = tmp_path / "kept.py"      # the fix the message names: the counter in a buffer
+    kept.write_text(FORGETFUL.replace("self.calls = 0", "self.register_buffer('calls', "
+                                      "torch.zeros((), dtype=torch.float64))"))
+    proc = cli("tables", "--results-dir", str(tmp_path / "good"), *grid, plugins=[kept])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
