@@ -28,3 +28,18 @@ def test_a_subclass_that_keeps_its_parents_label_is_refused():
         register_method(Copy)
     assert "rslad_copy" not in list_methods()
     assert issubclass(Copy, Method)
+
+
+def test_methods_all_is_every_registered_method_paper_rows_first(tmp_path):
+    """``tables --methods all``: one student cell per registered method (built-ins, IAD and any
+    installed plugin), the paper's ten in its order first; an unknown name is one line."""
+    from ciard_bench.errors import UserError
+    from ciard_bench.grid.cells import build_grid
+    from ciard_bench.grid.presets import get_preset
+
+    grid = build_grid(get_preset("smoke"), tmp_path, students=["resnet18"], methods=["all"])
+    rows = [c.method for c in grid.cells if c.kind == "student"]
+    assert sorted(rows) == list_methods()
+    assert rows[:10] == [name for name, _ in PAPER_ROWS]
+    with pytest.raises(UserError, match="method 'nope' is not registered; accepted: "):
+        build_grid(get_preset("smoke"), tmp_path, methods=["nope"])

@@ -32,7 +32,7 @@ from ..models import TEACHER_METHODS
 from ..runs import in_results
 from ..utils import positive_int
 from .presets import (ABLATION_ATTACKS, ABLATIONS, STUDENT_ATTACKS, TEACHER_ATTACKS, Preset,
-                      method_label)
+                      method_label, row_methods)
 
 KINDS = ("teacher", "student", "ablation")
 
@@ -175,6 +175,8 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
               **({"sync_bn": True} if settings.get("procs_per_cell", 1) > 1 else {})}
     students = list(students or preset.students)
     methods = list(methods or preset.methods)
+    if methods == ["all"]:      # every registered method: the paper's rows, then the others
+        methods = row_methods(list_methods())
     for name in students:
         if name not in preset.students:
             raise UserError(f"unknown student {name!r}; accepted: {', '.join(preset.students)}")

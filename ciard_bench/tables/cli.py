@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=_csv, help="datasets instead of the preset's (comma list; "
                    "cifar10, cifar100, digits, tiny_imagenet, npz:PATH)")
     p.add_argument("--students", type=_csv, help="resnet18,mobilenet_v2 (default both)")
-    p.add_argument("--methods", type=_csv, help="table rows to run (default all ten)")
+    p.add_argument("--methods", type=_csv, help="table rows to run: registered method names "
+                   "(a plugin's too; its rows follow the paper's), or all = every registered "
+                   "method (default: the preset's)")
     p.add_argument("--checkpoint", choices=("best", "last"), help="checkpoint the tables "
                    "evaluate (default: the preset's, best as the released code)")
     p.add_argument("--clean-teacher", help="clean teacher spec for every dataset (PATH | "
