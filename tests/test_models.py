@@ -49,7 +49,7 @@ def test_unknown_name_and_duplicate_and_bad_kwargs():
     def resnet8(num_classes=10):  # a second 'resnet8'
         return nn.Identity()
 
-    with pytest.raises(UserError, match="registered twice"):
+    with pytest.raises(ValueError, match="model name 'resnet8' is already used by a built-in"):
         register_model(resnet8)
     assert create_model("resnet8").__class__.__name__ == "CifarResNet"
     with pytest.raises(UserError, match="does not take 'depthh'.*accepted: num_classes, depth"):
