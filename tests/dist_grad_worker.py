@@ -46,7 +46,7 @@ PER_SAMPLE = ("standard", "sat", "trades", "ard", "rslad", "score", "adaad")
 # difference in a near-zero element into a full 2/255 step (1 pixel of 24576 here, which
 # moves the gradient by 0.07 to 0.15): under syncbn they attack in eval mode (their own
 # attack_mode switch), and their train-mode attack is compared in nobn mode
-TRAIN_MODE_ATTACK = ("ard", "fair_ard", "iad_i", "iad_ii")
+TRAIN_MODE_ATTACK = ("ard", "fair_ard", "iad_i", "iad_ii", "fair_iad")
 
 
 def _start(x: torch.Tensor, start: str, eps: float, gauss_std: float = 1e-3, shard=None) -> torch.Tensor:

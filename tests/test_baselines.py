@@ -270,9 +270,10 @@ ATTACKS = {  # start, start clamped to [0, 1], student mode, teachers queried at
     "ard": ("uniform", False, "train", ()),
     "fair_ard": ("uniform", False, "train", ()),
     "iad_i": ("uniform", False, "train", ()), "iad_ii": ("uniform", False, "train", ()),
-    "rslad": ("gauss", False, "eval", ()),
+    "fair_iad": ("uniform", False, "train", ()),
+    "rslad": ("gauss", False, "eval", ()), "fair_rslad": ("gauss", False, "eval", ()),
     "absld": ("gauss", False, "eval", ()),
-    "mtard": ("gauss", False, "eval", ()),
+    "mtard": ("gauss", False, "eval", ()), "fair_mtard": ("gauss", False, "eval", ()),
     "bmtard": ("gauss", False, "eval", ()),
     "score": ("gauss", True, "eval", ()),
     "adaad": ("gauss", False, "eval", ("robust_teacher",)),
@@ -283,9 +284,9 @@ def _objective(name, m, x, y, x0):
     """The attack objective at x0, by hand from METHODS.md (models in the attack's modes)."""
     with torch.no_grad():
         s0 = rows(m.student(x0))
-        if name in ("sat", "mtard", "bmtard"):
+        if name in ("sat", "mtard", "bmtard", "fair_mtard"):
             return mean(ce(s0[i], y[i]) for i in range(8))
-        if name in ("ard", "fair_ard", "iad_i", "iad_ii"):
+        if name in ("ard", "fair_ard", "iad_i", "iad_ii", "fair_iad"):
             return sum(ce(s0[i], y[i]) for i in range(8))
         if name == "trades":
             s = rows(m.student(x))
@@ -293,7 +294,7 @@ def _objective(name, m, x, y, x0):
         if name == "score":
             s = rows(m.student(x))
             return mean(sum((a - b) ** 2 for a, b in zip(softmax(s0[i]), softmax(s[i]))) for i in range(8))
-        if name in ("rslad", "absld"):        # the teacher's CLEAN soft label (ABSLD: / tau_a tau_n)
+        if name in ("rslad", "absld", "fair_rslad"):   # the teacher's CLEAN soft label (ABSLD: / tau_a tau_n)
             z, tau = rows(m.robust_teacher(x)), [1.0] * 8
             if name == "absld":
                 tau = (m.tau_adv[y] * m.tau_nat[y]).tolist()
@@ -510,6 +511,8 @@ RELEASED = {  # METHODS.md §11: epochs, lr, weight decay, schedule of each rele
     "rslad": (300, 0.1, 2e-4, "multistep"), "absld": (300, 0.1, 2e-4, "multistep"),
     "mtard": (300, 0.1, 2e-4, "multistep"), "bmtard": (300, 0.1, 2e-4, "multistep"),
     "score": (110, 0.05, 5e-4, "sat_released"), "adaad": (200, 0.1, 5e-4, "adaad"),
+    "fair_rslad": (300, 0.1, 2e-4, "multistep"), "fair_mtard": (300, 0.1, 2e-4, "multistep"),
+    "fair_iad": (200, 0.1, 2e-4, "ard_released"),
 }
 
 

@@ -5,7 +5,8 @@ the base class live in the API. Plugins' methods join the same registry
 from ..api import (Context, Method, TeacherTraining, create_method, get_method, list_methods,
                    make_options, register_method)
 from . import standard, trades, ciard  # noqa: F401  (registration)
-from . import sat, ard, rslad, score, fair_ard, absld, mtard, bmtard, adaad, iad  # noqa: F401  (baselines)
+from . import sat, ard, rslad, score, absld, mtard, bmtard, adaad, iad  # noqa: F401  (baselines)
+from . import fairness, fair_ard  # noqa: F401  (Fair-ARD and its variants: class re-weighting)
 
 __all__ = ["Context", "Method", "TeacherTraining", "create_method", "get_method", "list_methods",
            "make_options", "register_method"]

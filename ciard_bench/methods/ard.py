@@ -49,7 +49,8 @@ class ARD(Method):
                                   "statistics move) or eval", ("train", "eval"))
 
     def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
-        """Sees the student's logits at every attack iterate (Fair-ARD counts correct ones)."""
+        """Sees the student's logits at every attack iterate (the class re-weighting of
+        ``fairness.py`` counts the correct ones)."""
 
     def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
         student = self.student
@@ -65,7 +66,7 @@ class ARD(Method):
                        start="uniform", shard=self.ctx.dist)
 
     def _sample_weights(self, y: Tensor) -> Tensor | None:
-        """Per-sample loss weights (none for ARD; Fair-ARD's class weights)."""
+        """Per-sample loss weights (none for ARD; the class weights of ``fairness.py``)."""
         return None
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:

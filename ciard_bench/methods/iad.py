@@ -109,13 +109,21 @@ class IntrospectiveDistillation(Method):
         # Idempotent (a resume calls it again); the code's 0-indexed epoch >= begin.
         self.introspecting = epoch > self.introspection_after
 
+    def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
+        """Sees the student's logits at every attack iterate (Fair-IAD counts correct ones)."""
+
     def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
         student = self.student
+
+        def loss_fn(xa: Tensor) -> Tensor:
+            logits = student(xa)
+            self._on_attack_logits(logits.detach(), y)
+            return cross_entropy_sum(logits, y)
+
         mode = eval_mode(student) if self.opts.attack_mode == "eval" else contextlib.nullcontext()
         with mode:
-            return pgd(lambda xa: cross_entropy_sum(student(xa), y), x, eps=self.ctx.eps,
-                       alpha=self.ctx.alpha, steps=self.ctx.steps, start="uniform",
-                       shard=self.ctx.dist)
+            return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
+                       start="uniform", shard=self.ctx.dist)
 
     def _trust(self, z_guide: Tensor, y: Tensor) -> Tensor:
         """a_i = softmax(f_T(x'))_{i, y_i} ^ beta, without gradient (float32, as the code's)."""

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..api import (C100_KL_SCALE, RATE_MILESTONES, Method, eval_mode, kle, milestone,
-                   mtard_weights_, option, pgd, register_method, scalar_state)
+from ..api import (C100_KL_SCALE, RATE_MILESTONES, Method, eval_mode, milestone, mtard_weights_,
+                   option, pgd, register_method, scalar_state)
+from .fairness import weighted_kle
 
 
 @register_method
@@ -64,12 +65,24 @@ class MTARD(Method):
     def begin_epoch(self, epoch: int) -> None:
         self.weight_rate.fill_(self.opts.weight_rate * self._decay(epoch))   # idempotent
 
+    def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
+        """Sees the student's logits at every attack iterate (Fair-MTARD counts correct ones)."""
+
+    def _sample_weights(self, y: Tensor) -> Tensor | None:
+        """Per-sample weights of both KL terms (none for MTARD; Fair-MTARD's class weights)."""
+        return None
+
     def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
         student = self.student
+
+        def loss_fn(xa: Tensor) -> Tensor:
+            logits = student(xa)
+            self._on_attack_logits(logits.detach(), y)
+            return F.cross_entropy(logits, y)
+
         with eval_mode(student):
-            return pgd(lambda xa: F.cross_entropy(student(xa), y), x, eps=self.ctx.eps,
-                       alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss",
-                       shard=self.ctx.dist)
+            return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
+                       start="gauss", shard=self.ctx.dist)
 
     def _teacher_probs(self, z_ta: Tensor, z_n: Tensor) -> tuple[Tensor, Tensor]:
         """Soft labels of the two teachers (B-MTARD divides by its temperatures)."""
@@ -93,8 +106,9 @@ class MTARD(Method):
         z_s = self.student(x)
         p_a, p_n = self._teacher_probs(z_ta, z_n)
         scale = self.opts.c100_scale if self.ctx.num_classes == 100 else 1.0
-        l_adv = scale * kle(F.log_softmax(z_sa, dim=1), p_a)
-        l_nat = scale * kle(F.log_softmax(z_s, dim=1), p_n)
+        w = self._sample_weights(y)
+        l_adv = scale * weighted_kle(F.log_softmax(z_sa, dim=1), p_a, w)
+        l_nat = scale * weighted_kle(F.log_softmax(z_s, dim=1), p_n, w)
         g_adv, g_nat, *stats = self.global_means(   # of the global batch under torchrun
             [l_adv.detach(), l_nat.detach(), *self._temperature_stats(p_a, p_n)], y.shape[0])
         self._update_temperatures(stats)

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..api import (C100_KL_SCALE, Method, eval_mode, kl_sum, kle, log_probs, option, pgd,
+from ..api import (C100_KL_SCALE, Method, eval_mode, kl_sum, log_probs, option, pgd,
                    register_method)
+from .fairness import weighted_kle
 
 
 @register_method
@@ -65,12 +66,24 @@ class RSLAD(Method):
     def _record(self, z_sa: Tensor, z_s: Tensor, y: Tensor) -> None:
         """Sees the student's train-mode logits each step (ABSLD accumulates class losses)."""
 
+    def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
+        """Sees the student's logits at every attack iterate (Fair-RSLAD counts correct ones)."""
+
+    def _sample_weights(self, y: Tensor) -> Tensor | None:
+        """Per-sample weights of both KL terms (none for RSLAD; Fair-RSLAD's class weights)."""
+        return None
+
     def _adversarial(self, x: Tensor, y: Tensor, target: Tensor) -> Tensor:
         student = self.student
+
+        def loss_fn(xa: Tensor) -> Tensor:
+            logits = student(xa)
+            self._on_attack_logits(logits.detach(), y)
+            return kl_sum(F.log_softmax(logits, dim=1), target)
+
         with eval_mode(student):
-            return pgd(lambda xa: kl_sum(F.log_softmax(student(xa), dim=1), target), x,
-                       eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps, start="gauss",
-                       shard=self.ctx.dist)
+            return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
+                       start="gauss", shard=self.ctx.dist)
 
     def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
@@ -81,7 +94,8 @@ class RSLAD(Method):
         z_s = self.student(x)
         self._record(z_sa, z_s, y)
         scale = self._scale()
-        l_adv = scale * kle(self._log_probs(z_sa), p_adv)
-        l_nat = scale * kle(self._log_probs(z_s), p_nat)
+        w = self._sample_weights(y)
+        l_adv = scale * weighted_kle(self._log_probs(z_sa), p_adv, w)
+        l_nat = scale * weighted_kle(self._log_probs(z_s), p_nat, w)
         w = self.opts.adv_weight
         return {"loss": w * l_adv + (1.0 - w) * l_nat, "loss_adv": l_adv.detach(), "loss_nat": l_nat.detach()}
