@@ -83,7 +83,7 @@ def test_the_pages_method_trains_and_resumes_bit_for_bit(tutorial, tmp_path):
 
 def _grid(tutorial) -> list[str]:
     return ["--plugin", tutorial["plugin"], "--methods", tutorial["name"], "--students",
-            "resnet18", "--epochs", "2", "--n-train", "64", "--n-test", "16", "--n-examples",
+            "resnet18", "--epochs", "1", "--n-train", "64", "--n-test", "16", "--n-examples",
             "16", "--sanity-examples", "8", "--threads", "1", "--no-figures",
             "--clean-teacher", tutorial["teachers"][0], "--robust-teacher", tutorial["teachers"][1]]
 

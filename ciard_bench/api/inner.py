@@ -50,7 +50,9 @@ def pgd(loss_fn: Callable[[Tensor], Tensor], x: Tensor, *, eps: float, alpha: fl
 
     Each step: x_adv <- clip01(proj_eps(x_adv + alpha * sign(grad))). Runs in fp32 (autocast
     off) with gradients enabled only for the input. ``on_iterate`` sees every iterate before
-    its step (Fair-ARD counts correct predictions there). ``shard``: see :func:`random_start`.
+    its step (a method may look at the iterates there; the built-ins count correct predictions
+    inside their loss function instead, from the logits they compute anyway). ``shard``: see
+    :func:`random_start`.
     Returns a detached tensor.
     """
     x = x.detach()
