@@ -28,7 +28,7 @@ def _entry_points() -> dict[str, str]:
     try:
         dist = metadata.distribution(DIST)
     except metadata.PackageNotFoundError:
-        pytest.fail(f"the example plugin is not installed: pip install -e examples/ard-plugin "
+        pytest.fail("the example plugin is not installed: pip install -e examples/ard-plugin "
                     "(the README's set-up and .ci/run do)")
     names = {ep.group.rsplit(".", 1)[1]: ep.name for ep in dist.entry_points}
     assert {"methods", "models", "datasets"} <= set(names), names
