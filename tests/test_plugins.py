@@ -506,3 +506,40 @@ def test_the_rehearsal_catches_state_left_out_of_the_checkpoint(tmp_path):
                                       "torch.zeros((), dtype=torch.float64))"))
     proc = cli("tables", "--results-dir", str(tmp_path / "good"), *grid, plugins=[kept])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_a_grid_resumed_with_another_plugin_version_says_so(plugdir, tmp_path):
+    """A finished cut grid whose plugin file then changes: the same tables command refuses
+    in one line naming the cell and both versions, and writes nothing new; with the file
+    as it was, the command re-renders as before."""
+    import shutil
+
+    import torch
+
+    from ciard_bench.models import create_model, save_model_file
+    teachers = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        teachers.append(tmp_path / f"t{seed}.pt")
+        save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10},
+                        teachers[-1])
+    plug = tmp_path / "plugfile.py"
+    shutil.copy(plugdir / "plugfile.py", plug)
+    grid = ["--results-dir", str(tmp_path / "grid"), "--students", "resnet18", "--methods",
+            "pf_sat", "--epochs", "1", "--n-train", "64", "--n-test", "16", "--n-examples", "8",
+            "--sanity-examples", "8", "--threads", "1", "--no-figures",
+            "--clean-teacher", str(teachers[0]), "--robust-teacher", str(teachers[1])]
+    ok(cli("tables", *grid, plugins=[plug]))
+    table = (tmp_path / "grid" / "table3.md").read_text()
+    old = file_origin(plug)
+    plug.write_text(plug.read_text() + "\n# version 2\n")
+    proc = cli("tables", *grid, plugins=[plug])
+    no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr
+    err = lines(proc.stderr)
+    assert len(err) == 2 and err[0].startswith("preset smoke: 3 cells"), proc.stderr   # its log line
+    err = err[1]
+    assert err.startswith("error: cell digits/resnet18/pf_sat/seed0 was trained with method "
+                          f"'pf_sat' from {old.removeprefix('plugin ')}, the grid now has method "
+                          f"'pf_sat' from {file_origin(plug).removeprefix('plugin ')}"), err
+    assert (tmp_path / "grid" / "table3.md").read_text() == table
