@@ -543,3 +543,20 @@ def test_a_grid_resumed_with_another_plugin_version_says_so(plugdir, tmp_path):
                           f"'pf_sat' from {old.removeprefix('plugin ')}, the grid now has method "
                           f"'pf_sat' from {file_origin(plug).removeprefix('plugin ')}"), err
     assert (tmp_path / "grid" / "table3.md").read_text() == table
+
+
+def test_a_slurm_job_carries_the_plugins_of_the_command_that_submitted_it(tmp_path, monkeypatch):
+    """The pickled job names the submitting command's plugins and loads them itself, so they
+    reach the job (and its torchrun processes) whatever sbatch's --export passes; the real
+    SLURM run of a --plugin grid is tests/test_plugin_tutorial.py's."""
+    import pickle
+
+    from ciard_bench.grid.cells import build_grid
+    from ciard_bench.grid.presets import get_preset
+    from ciard_bench.grid.slurm import CellJob
+
+    specs = [str(tmp_path / "a.py"), "some_module"]
+    monkeypatch.setenv("CIARD_BENCH_PLUGINS", os.pathsep.join(specs))
+    grid = build_grid(get_preset("smoke"), tmp_path, students=["resnet18"], methods=["sat"])
+    job = pickle.loads(pickle.dumps(CellJob(grid, grid.cells[0].id, "train", "best")))
+    assert job.plugins == specs

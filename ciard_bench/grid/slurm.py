@@ -50,6 +50,7 @@ from typing import Any, Sequence
 import submitit
 import torch
 
+from .. import plugins
 from .. import train as engine
 from ..checkpoint import atomic_write_json
 from ..errors import UserError, quiet_third_party_warnings
@@ -180,9 +181,13 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __init__(self, grid: Grid, cell_id: str, kind: str, which: str):
         self.grid, self.cell_id, self.kind, self.which = grid, cell_id, kind, which
+        # the submitting command's plugins (--plugin, CIARD_BENCH_PLUGINS) travel with the job,
+        # whatever the cluster's sbatch --export policy passes of the environment
+        self.plugins = plugins.specs_from_env()
 
     def __call__(self) -> dict[str, Any]:
         quiet_third_party_warnings()
+        plugins.activate(self.plugins)     # also in the environment of its torchrun processes
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         logging.getLogger("ciard_bench.train").setLevel(logging.INFO)   # "resuming ... at epoch"
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))
