@@ -113,6 +113,12 @@ def label(o: dict[str, Any]) -> str:
     return f"{o.get('file') or o.get('module')} (sha256 {str(o.get('sha256'))[:12]})"
 
 
+def said(entries: list[dict[str, Any]]) -> str:
+    """``method 'akd' from ard-plugin 0.1.0, ...`` for :func:`provenance` entries, or
+    ``built-ins only``: how a refused resume names the plugins of each side."""
+    return ", ".join(f"{p['kind']} {p['name']!r} from {label(p)}" for p in entries) or "built-ins only"
+
+
 def clash(kind: str, what: str, value: str, owner: str | None) -> PluginError:
     """The one-line error of a name or table label that is already taken."""
     holder = "a built-in" if owner is None or origin(kind, owner) is None else \

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from . import plugins
 from .bookkeeping import NonFiniteWeights, accumulate, epoch_means, raise_if_weights_bad  # noqa: F401
 from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
 from .checkpoint import FORMAT, atomic_write_json
-from .config import (TrainConfig, add_method_arguments, add_train_arguments, changed_settings,
-                     config_from_args, load_config_file, resolve)
-from . import plugins
+from .config import (TrainConfig, add_method_arguments, add_train_arguments, config_from_args,
+                     load_config_file, resolve)
 from .data import ArrayDataset, list_datasets, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
                           broadcast_state, gather, max_difference, max_param_difference,
@@ -45,6 +45,7 @@ from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradien
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .methods import get_method, list_methods
+from .runchecks import NonFiniteLoss, check_first_loss, check_loss, check_resume, raise_if_bad  # noqa: F401
 from .runs import RunDir, check_writable, local_path
 from .schedules import get_schedule
 from .signals import stop_at_look, stop_on_signals
@@ -55,10 +56,6 @@ LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the 
 # set (e.g. from a signal handler) to make train() save at the next step boundary and return;
 # whoever sets it clears it (a signal that comes before train() starts is not lost)
 STOP = threading.Event()
-
-
-class NonFiniteLoss(UserError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
 def _training_state(run: Run, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +85,6 @@ def _restore(run: Run, ckpt: dict[str, Any], d: Dist) -> None:
     set_rng_state(ranks[d.rank], run.device)
 
 
-def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
-    for key, was, now in changed_settings(saved, cfg.to_dict())[:1]:
-        raise UserError(f"--resume: {key} is {now!r} but the run in {out!r} used "
-                        f"{was!r}; accepted: the run's own settings")
-
-
 def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threading.Event | None = None,
                agreed: torch.Tensor | None = None) -> dict[str, Any]:
     """One optimisation step of the student (and of any teacher the method trains): the
@@ -104,14 +95,7 @@ def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threadin
     ``benchmarks/step.py`` times this very function."""
     with autocast(run.cfg, run.device):
         out = run.method(x, y)
-    if not isinstance(out, dict) or not isinstance(out.get("loss"), torch.Tensor):
-        raise UserError(_no_loss(run.cfg.method, out))
-    loss = out["loss"]
-    if loss.dim() != 0 or not loss.requires_grad:    # metadata only: no host sync
-        raise UserError(f"method {run.cfg.method!r} ({plugins.describe('method', run.cfg.method)}): "
-                        f"forward's 'loss' has shape {tuple(loss.shape)} and requires_grad="
-                        f"{loss.requires_grad}; accepted: a 0-dim tensor with a graph to the "
-                        "student's parameters")
+    check_loss(run.cfg.method, out)         # metadata only: no host sync
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out["loss"]).backward()
     if agreed is not None:
@@ -129,24 +113,6 @@ def train_step(run: Run, x, y, trainings: list, d: Dist = Dist(), stop: threadin
     run.scaler.update()
     broadcast_state(run.method.student, d, params=False)   # rank 0's BN statistics, as DDP
     return out
-
-
-def _no_loss(method: str, out: Any) -> str:
-    got = f"a dict with keys {sorted(out)}" if isinstance(out, dict) else type(out).__name__
-    if isinstance(out, dict) and "loss" in out:
-        got = f"'loss' of type {type(out['loss']).__name__}"
-    return (f"method {method!r} ({plugins.describe('method', method)}): forward returned {got}; "
-            "accepted: a dict whose 'loss' is a 0-dim tensor (what the student minimises)")
-
-
-def _check_first_step(method: str, out: dict, epoch: int) -> None:
-    """The first step of a run: a loss that is not finite names the method and where it
-    comes from (one host sync, once per invocation; later steps are checked as before)."""
-    loss = out["loss"]
-    who = f"method {method!r} ({plugins.describe('method', method)})"
-    if not bool(torch.isfinite(loss.detach())):
-        raise NonFiniteLoss(f"{who}: the loss of its first step (epoch {epoch}) is "
-                            f"{float(loss.detach()):.4g}; accepted: a finite loss")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
@@ -180,14 +146,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rundir = RunDir(out)
-    saved_cfg = rundir.read_state().get("config") if rundir.exists() else None
+    saved = rundir.read_state() if rundir.exists() else {}
     if rundir.exists() and not resume:
         raise UserError(f"run folder {out!r} already holds a run; pass --resume to continue it "
                         "or choose another --out")
     used = plugins.provenance(method=cfg.method, model=cfg.student, dataset=cfg.dataset)
-    if saved_cfg is not None:
-        _check_resume_config(saved_cfg, cfg, out)
-        _check_resume_plugins(rundir.read_state().get("plugins", []), used, out)
+    if saved.get("config") is not None:
+        check_resume(saved, cfg, used, out)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
     if d.enabled:
@@ -221,7 +186,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                      **({"plugins": used} if used else {})})
         barrier(d)
 
-    checked = False     # the first step of this invocation is checked (_check_first_step)
+    checked = False     # the first step of this invocation is checked (check_first_loss)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = schedule(epoch, cfg.epochs, cfg.lr)
@@ -250,7 +215,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             kill_point("step")
             out = train_step(run, x, y, trainings, d, stop, agreed)
             if not checked:
-                _check_first_step(cfg.method, out, epoch)
+                check_first_loss(cfg.method, out, epoch)
                 checked = True
             with torch.no_grad():   # bookkeeping on the device: no host sync per step
                 newly_bad = (bad_step < 0) & ~torch.isfinite(out["loss"].detach())
@@ -267,7 +232,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             checkpoint_now = (cfg.ckpt_every_steps and (i + 1) % cfg.ckpt_every_steps == 0
                               and not last_step) or stop_now
             if sync_step or checkpoint_now:
-                _raise_if_bad(all_reduce_max(bad_step, d), bad_terms, epoch)
+                raise_if_bad(all_reduce_max(bad_step, d), bad_terms, epoch)
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
             if checkpoint_now:
                 save(epoch, i + 1, None, {"sums": {k: v.cpu() for k, v in sums.items()}, "n": n_done})
@@ -333,24 +298,6 @@ def _state_equal(method, d: Dist, epoch: int) -> bool:
         log.warning("epoch %d: the method state differs between ranks by up to %g; a checkpoint "
                     "holds rank 0's", epoch, diff)
     return diff == 0.0
-
-
-def _raise_if_bad(bad_step, bad_terms: dict, epoch: int) -> None:
-    step = int(bad_step.item())
-    if step >= 0:
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in bad_terms.items())
-        raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {step} ({terms}); "
-                            "stopped, the last good checkpoint is kept")
-
-
-def _check_resume_plugins(saved: list, now: list, out: str) -> None:
-    """A run resumes only with the plugins (distribution and version, or file hash) it began
-    with: another version may compute another step."""
-    if saved != now:
-        was = ", ".join(f"{p['kind']} {p['name']!r} from {plugins.label(p)}" for p in saved) or "built-ins only"
-        is_ = ", ".join(f"{p['kind']} {p['name']!r} from {plugins.label(p)}" for p in now) or "built-ins only"
-        raise UserError(f"--resume: the run in {out!r} was trained with {was}, but now it is "
-                        f"{is_}; accepted: the same plugin version (or a new --out)")
 
 
 def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,

@@ -21,6 +21,7 @@ import torch
 
 from ..checkpoint import atomic_write_json
 from ..errors import UserError
+from ..utils import positive_int
 from . import store
 
 LAUNCHERS = ("local", "slurm")
@@ -170,3 +171,27 @@ def recorded(results: Path) -> Iterator[tuple[str, Path]]:
     runs = Path(results) / "runs"
     for path in sorted(runs.glob("**/slurm.json")) if runs.is_dir() else ():
         yield str(path.parent.relative_to(runs)), path
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask; os.cpu_count() elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def parallelism(device: str, workers: str | None, threads: str | None) -> tuple[int, int]:
+    """``(workers, threads per worker)``: the flags, else one single-threaded worker per
+    usable core on CPU (independent cells side by side scale ~2x on 2 cores where two
+    threads on one cell gain ~1.2x), and one worker on a GPU."""
+    n_threads = positive_int(threads, "--threads") if threads is not None else 1
+    if workers is not None:
+        return positive_int(workers, "--workers"), n_threads
+    if device != "cpu" and (device.startswith("cuda") or _cuda_available()):
+        return 1, n_threads if threads is not None else max(1, usable_cores())
+    return max(1, usable_cores() // n_threads), n_threads
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()

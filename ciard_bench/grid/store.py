@@ -124,12 +124,9 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
     _check_relocatable(grid, cell, saved)
     was_used, used = result.get("plugins", []), cell_plugins(cell)
     if was_used != used:      # another plugin version: its rows are not mixed in silently
-        def said(entries: list) -> str:
-            return ", ".join(f"{p['kind']} {p['name']!r} from {plugins.label(p)}"
-                             for p in entries) or "built-ins only"
-        raise UserError(f"cell {cell.id} was trained with {said(was_used)}, the grid now has "
-                        f"{said(used)}; install the version it was trained with, or delete "
-                        f"{str(grid.run_dir(cell))!r}, or choose another --results-dir")
+        raise UserError(f"cell {cell.id} was trained with {plugins.said(was_used)}, the grid now "
+                        f"has {plugins.said(used)}; install the version it was trained with, or "
+                        f"delete {str(grid.run_dir(cell))!r}, or choose another --results-dir")
     for key, was, asked in changed_settings(saved, now):
         if key == "sync_bn":   # 1 process, or several with global BatchNorm: the same step
             continue

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -151,30 +150,6 @@ def apply_overrides(preset: Preset, args: argparse.Namespace) -> tuple[Preset, d
     return preset.with_overrides(**values), changed
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask; os.cpu_count() elsewhere)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def parallelism(device: str, workers: str | None, threads: str | None) -> tuple[int, int]:
-    """``(workers, threads per worker)``: the flags, else one single-threaded worker per
-    usable core on CPU (independent cells side by side scale ~2x on 2 cores where two
-    threads on one cell gain ~1.2x), and one worker on a GPU."""
-    n_threads = positive_int(threads, "--threads") if threads is not None else 1
-    if workers is not None:
-        return positive_int(workers, "--workers"), n_threads
-    if device != "cpu" and (device.startswith("cuda") or _cuda_available()):
-        return 1, n_threads if threads is not None else max(1, usable_cores())
-    return max(1, usable_cores() // n_threads), n_threads
-
-
-def _cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def _dry_run(grid, cells, which: str) -> int:
     est = runner.estimate(grid, cells, which)
     print(f"preset {grid.preset.name}: {len(grid.cells)} cells, {len(cells)} selected; "
@@ -270,10 +245,10 @@ def _run(argv: list[str] | None) -> int:
     device, devices = launchers.local_devices(args.devices, args.device, args.workers)
     procs = launchers.procs_per_cell(args.procs_per_cell, devices, args.gpus_per_job)
     devices = launchers.device_groups(devices, procs)
-    workers, threads = parallelism(device, args.workers if devices is None else
+    workers, threads = launchers.parallelism(device, args.workers if devices is None else
                                    str(len(devices)), args.threads)
     if devices and args.threads is None:     # the cores shared among the GPU workers
-        threads = max(1, usable_cores() // workers)
+        threads = max(1, launchers.usable_cores() // workers)
     if procs > 1 and devices is None and args.workers is None:   # each cell takes procs cores
         workers = max(1, workers // procs)
     torch.set_num_threads(threads)
