@@ -101,8 +101,20 @@ def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
     assert not ciard["projection"]["budgets"]["0.5"]["fits"]    # a WRN-34-10 teacher trains
     robust = cells["cifar10/teachers/robust/seed0"]
     assert "step" not in robust["projection"] and robust["projection"]["eval_s"] > 0
+    # transfer examples crafted once per source: the source's gradient passes count once, in
+    # the robust teacher's evaluation; each student only scores them (one forward per point)
     transfer = ciard["projection"]["attacks"]["transfer_cw_inf"]
-    assert transfer["passes"] == {"gradient": 0.0, "forward": 1.0, "source": 30.0}
+    assert transfer["passes"] == {"gradient": 0.0, "forward": 1.0, "source": 0.0}
+    crafting = robust["projection"]["transfer_crafting"]
+    assert {k: v["gradient_passes"] for k, v in crafting.items()} == \
+        {"transfer_pgd_trades": 20.0, "transfer_cw_inf": 30.0}
+    assert all(v["s"] > 0 for v in crafting.values())
+    assert "transfer_crafting" not in ciard["projection"]
+    # and the students of that source read one set of crafted examples
+    examples = json.loads((folder / "runs" / "npz-cifar10-synthetic" / "teachers" / "robust" /
+                           "seed0" / "transfer.json").read_text())["examples"]
+    assert sorted(e["attack"] for e in examples.values()) == ["transfer_cw_inf",
+                                                               "transfer_pgd_trades"]
     assert ciard["projection"]["eval_points"] == 10000
     assert rep["projected_total_h"] > 0 and rep["dry_run_total_h"] > 0
     md = (folder / "rehearsal.md").read_text()

@@ -119,14 +119,19 @@ def attack_settings(name: str, eps: float = 8 / 255, **overrides: Any) -> dict:
     return settings
 
 
-def describe_attack(name: str, eps: float, overrides: Mapping[str, dict]) -> str:
+def describe_attack(name: str, eps: float, overrides: Mapping[str, dict],
+                    transfer: str | None = None) -> str:
     """One caption phrase for attack ``name``, from the settings the evaluation used
-    (``overrides``: attack name -> setting overrides, as a preset holds them)."""
+    (``overrides``: attack name -> setting overrides, as a preset holds them; ``transfer``:
+    how transfer examples were made, ``per_source`` or ``per_student``, the released way)."""
     spec = get_attack(name)
     settings = attack_settings(name, eps, **overrides.get(name, {}))
     if spec.base is not None:
         how = describe_attack(spec.base, eps, overrides)
-        return f"Transfer {get_attack(spec.base).label} ({how}, crafted on the robust teacher)"
+        where = ("crafted once on the robust teacher for every point, every student scored "
+                 "on the same examples" if transfer == "per_source"
+                 else "crafted on the robust teacher")
+        return f"Transfer {get_attack(spec.base).label} ({how}, {where})"
     return spec.caption(settings) if spec.caption is not None else name
 
 

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", default="8/255")
     p.add_argument("--batch-size", default="128")
     p.add_argument("--source", help="transfer source: a checkpoint, ARCH=PATH or rb:NAME")
+    p.add_argument("--transfer-examples", default="per-source", metavar="per-source|per-student",
+                   help="per-source: craft the transfer examples on the source for every point "
+                   "and score the model on them (default); per-student: craft them only on the "
+                   "points the model classifies correctly, as the released script")
     p.add_argument("--aa-state", help="AutoAttack resume file (JSON)")
     p.add_argument("--aa-attacks", help="run AutoAttack 'custom' with these, e.g. apgd-ce,apgd-t")
     p.add_argument("--seed", default="0")
@@ -102,7 +106,8 @@ def _run(argv: list[str] | None) -> int:
                       source=source, skip_misclassified=args.skip_misclassified,
                       expensive_checks=args.expensive_checks,
                       sanity_examples=positive_int(args.sanity_examples, "--sanity-examples"),
-                      aa_state=aa_state, overrides=overrides, progress=args.progress, cache=cache)
+                      aa_state=aa_state, overrides=overrides, progress=args.progress, cache=cache,
+                      transfer=args.transfer_examples)
     if "all" in args.attacks and not args.source:
         print("note: transfer attacks need --source (a robust teacher); not run", file=sys.stderr)
     result.update({"model": info, "dataset": args.dataset, "eps_text": args.eps,

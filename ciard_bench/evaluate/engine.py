@@ -35,11 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import plugins, sanity
-from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, list_attacks
+from ..attacks import (PROTOCOL, AutoAttackAdapter, attack_settings, create_attack, get_attack,
+                       list_attacks)
 from ..checkpoint import atomic_write_json
 from ..errors import UserError, choices_error
 from ..faults import kill_point
 from ..utils import eval_mode, seed_everything, tensor_sha256
+from . import transfer as transfer_mod
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class Options:
     aa_state: Any = None
     overrides: dict = field(default_factory=dict)
     progress: bool = False
+    transfer: str = transfer_mod.DEFAULT
+    transfer_examples: Any = None    # name -> (examples on every point, info); per_source
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
@@ -164,6 +168,8 @@ def _entry(ok: torch.Tensor, clean_acc: float | None = None) -> dict:
 
 
 def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Options):
+    if opt.transfer == transfer_mod.PER_SOURCE and get_attack(name).kind == "transfer":
+        return _evaluate_transfer(name, model, x, y, clean_ok, clean_acc, opt)
     seed_everything(opt.seed)
     over = dict(opt.overrides.get(name, {}))
     if "batch_size" in PROTOCOL[name]:  # AutoAttack batches itself: use ours
@@ -177,7 +183,9 @@ def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Op
     entry = {"name": name, "kind": attack.settings["kind"], **_entry(res["ok"], clean_acc),
              "n_attacked": len(res["idx"]), "time_s": elapsed,
              "time_per_attacked_s": elapsed / max(1, len(res["idx"])),
-             "settings": {**attack.settings, "seed": opt.seed}}
+             "settings": {**attack.settings, "seed": opt.seed,
+                          **({"examples": transfer_mod.PER_STUDENT}
+                             if attack.settings["kind"] == "transfer" else {})}}
     if res["extra"].get("sub_robust") is not None:
         res["extra"]["sub_accuracy"] = {k: 100.0 * v / len(y)
                                         for k, v in res["extra"]["sub_robust"].items()}
@@ -188,6 +196,32 @@ def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Op
     return entry, res["ok"], checks
 
 
+def _evaluate_transfer(name: str, model, x, y, clean_ok, clean_acc: float, opt: Options):
+    """A transfer attack scored on the examples crafted once on the source for every point
+    (:mod:`.transfer`): robust = correct on the clean point and on its example."""
+    if opt.transfer_examples is None:
+        raise UserError(f"attack {name!r} needs a source model to craft examples on "
+                        "(--source PATH or rb:NAME)")
+    examples, info = opt.transfer_examples(name)
+    start = time.perf_counter()
+    scored = predict(model, examples, opt.batch_size, opt.device) == y
+    rescored = predict(model, examples, max(1, opt.batch_size // 2), opt.device) == y
+    elapsed = time.perf_counter() - start
+    ok = scored & clean_ok
+    settings = attack_settings(name, opt.eps, **opt.overrides.get(name, {}))
+    entry = {"name": name, "kind": "transfer", **_entry(ok, clean_acc), "n_attacked": len(y),
+             "time_s": elapsed, "time_per_attacked_s": elapsed / max(1, len(y)),
+             "settings": {**settings, "seed": opt.seed, "examples": transfer_mod.PER_SOURCE,
+                          "examples_sha256": info["examples_sha256"],
+                          "crafted_on_points": len(y)},
+             # seconds the crafting on the source took (once, wherever it ran), its file
+             "crafting": {**({"time_s": info["crafting_s"]} if "crafting_s" in info else {}),
+                          **{k: info[k] for k in ("file", "stored") if k in info}}}
+    checks = [sanity.check_perturbation(name, x, examples, opt.eps),
+              sanity.check_rescore(name, scored, rescored)]
+    return entry, ok, checks
+
+
 def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
     """What a cached attack result depends on: model outputs, points, every setting."""
     with torch.no_grad():
@@ -195,6 +229,7 @@ def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
         # the transfer attacks' examples depend on the source model: probe it too
         source = None if opt.source is None else opt.source(x[:8].to(opt.device)).float().cpu()
     blob = json.dumps({"eps": opt.eps, "seed": opt.seed, "n": len(y), "skip": opt.skip_misclassified,
+                       "transfer": opt.transfer,
                        "batch_size": opt.batch_size, "overrides": opt.overrides, "n_classes": opt.n_classes,
                        "clean": encode_mask(clean_ok), "y": tensor_sha256(y), "x": tensor_sha256(x),
                        "probe": [round(v, 4) for v in probe.flatten().tolist()],
@@ -225,6 +260,36 @@ def _restores_modes(fn):
         with eval_mode(model, kwargs.get("source")):
             return fn(model, *args, **kwargs)
     return wrapper
+
+
+def _examples_provider(source, x, y, opt: Options, store: Any, source_id: str | None):
+    """``name -> (examples, info)`` for the per-source transfer attacks: from ``store``
+    (crafted there once, under its lock) or crafted here, each attack at most once."""
+    made: dict[str, tuple[torch.Tensor, dict]] = {}
+
+    def provide(name: str) -> tuple[torch.Tensor, dict]:
+        if name not in made:
+            over = opt.overrides.get(name, {})
+
+            def make(partial: Path | None) -> torch.Tensor:
+                return transfer_mod.craft(name, source, x, y, opt.eps, seed=opt.seed,
+                                          batch_size=opt.batch_size, n_classes=opt.n_classes,
+                                          device=opt.device, overrides=over,
+                                          progress=opt.progress, partial=partial)
+            if store is None or source_id is None:
+                start = time.perf_counter()
+                examples, info = make(None), {"stored": False}
+                info["crafting_s"] = time.perf_counter() - start
+            else:
+                key = transfer_mod.crafting_key(name, x, y, opt.eps, seed=opt.seed,
+                                                batch_size=opt.batch_size,
+                                                n_classes=opt.n_classes, overrides=over,
+                                                source_id=source_id)
+                examples, entry = store.get(key, make)
+                info = {"stored": True, "file": entry["file"], "crafting_s": entry["crafting_s"]}
+            made[name] = examples, {**info, "examples_sha256": tensor_sha256(examples)}
+        return made[name]
+    return provide
 
 
 @_restores_modes
@@ -310,7 +375,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              device: Any = None, source: torch.nn.Module | None = None,
              skip_misclassified: bool = True, expensive_checks: bool = True,
              sanity_examples: int = 100, aa_state: Any = None,
-             overrides: dict | None = None, progress: bool = False, cache: Any = None) -> dict:
+             overrides: dict | None = None, progress: bool = False, cache: Any = None,
+             transfer: str = transfer_mod.DEFAULT, transfer_store: Any = None,
+             source_id: str | None = None) -> dict:
     """Run ``attacks`` on ``(x, y)`` (images in [0, 1]) and return the result dict.
 
     ``overrides`` maps an attack name to setting overrides (``{"aa": {"version": "custom",
@@ -319,6 +386,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     of the same model, points and settings reuses those results instead of attacking again
     (AutoAttack itself resumes mid-cascade from ``aa_state``). ``model`` and ``source`` run
     in eval mode and get their own modes back afterwards, also when an attack raises.
+
+    ``transfer`` (``per_source``, the default, or ``per_student``) says how the transfer
+    attacks' examples are made (:mod:`.transfer`); per source, a ``transfer_store``
+    (:class:`~.transfer.TransferStore`) with the source checkpoint's ``source_id`` keeps
+    them for every other model scored on them, else they are crafted here, once per attack.
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -334,7 +406,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         raise UserError(f"the model has {width} outputs but the data has {n_classes} classes")
     opt = Options(eps=float(eps), batch_size=batch_size, seed=seed, n_classes=n_classes or width,
                   device=device, skip_misclassified=skip_misclassified, source=source,
-                  aa_state=aa_state, overrides=dict(overrides or {}), progress=progress)
+                  aa_state=aa_state, overrides=dict(overrides or {}), progress=progress,
+                  transfer=transfer_mod.check_mode(transfer))
+    if source is not None:
+        opt.transfer_examples = _examples_provider(source, x, y, opt, transfer_store, source_id)
     checks = preflight_checks(model, x, y, batch_size=opt.batch_size, n_classes=opt.n_classes,
                               device=opt.device)
     clean_ok = predict(model, x, batch_size, device) == y

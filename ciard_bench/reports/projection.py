@@ -20,7 +20,10 @@ Projections (all stated in the report):
   per point (from its settings) x the measured seconds per pass x the test points, the
   sanity checks and the whole-test-set clean pass. Attack passes assume every point stays
   robust to the end (AutoAttack's cascade and the skip of misclassified points make the
-  real cost lower): an upper bound;
+  real cost lower): an upper bound. Transfer examples crafted once per source (the
+  default) count their gradient passes on the source once, in the source cell's final
+  evaluation, and one forward pass per point in each student's; crafted per student,
+  every student counts the source's passes;
 * **disk**: the rehearsal's ``last`` and ``best`` checkpoint files of each trained cell are
   the real cell's sizes (the same architectures, method state and optimiser state);
 * **memory budgets**: a cell whose projected peak exceeds a budget gets the first setting
@@ -208,20 +211,33 @@ def _evaluation(real: Grid, grid: Grid, cell: Cell, real_cell: Cell, records: di
     source = _per_point(records.get(cell.source, {}).get("passes"), p.eval_batch_size) \
         if cell.source else {}
     ran = (store.read_json(store.eval_path(grid, cell, p.checkpoint)) or {}).get("attacks", {})
+    shared = store.transfer_mode(real) == "per_source"
     attacks = {}
     for name in real_cell.attacks:
         k = attack_passes(name, eps, classes, p.attack_overrides.get(name, {}))
+        if shared and k["source"]:      # crafted in the source's evaluation (below)
+            k = {**k, "source": 0.0}
         per_point = (k["gradient"] * own["gradient"] + k["forward"] * own["forward"]
                      + (k["source"] * source.get("gradient", math.nan) if k["source"] else 0.0))
         attacks[name] = {"passes": k, "s_per_point": per_point, "s": n * per_point,
                          "rehearsal": {key: ran.get(name, {}).get(key)
                                        for key in ("time_s", "n_attacked")}}
+    crafting = {}
+    if shared:      # this cell as a source: each transfer attack crafted once, on every point
+        used = dict.fromkeys(a for c in real.cells if c.source == real_cell.id
+                             for a in c.attacks if get_attack(a).kind == "transfer")
+        for name in used:
+            k = attack_passes(name, eps, classes, p.attack_overrides.get(name, {}))
+            crafting[name] = {"gradient_passes": k["source"],
+                              "s": n * k["source"] * own["gradient"]}
     extra = own["forward"] * n + (own["forward"] * n_test_all if n < n_test_all else 0.0)
     if real_cell.kind != "ablation":
         m = min(p.sanity_examples, n)
         extra += m * (SANITY_PASSES[0] * own["gradient"] + SANITY_PASSES[1] * own["forward"])
     return {"eval_points": n, "attacks": attacks,
-            "eval_s": sum(a["s"] for a in attacks.values()) + extra}
+            **({"transfer_crafting": crafting} if crafting else {}),
+            "eval_s": sum(a["s"] for a in attacks.values()) + extra
+            + sum(c["s"] for c in crafting.values())}
 
 
 def _classes(grid: Grid, cell: Cell) -> int:

@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                    "method (default: the preset's)")
     p.add_argument("--checkpoint", choices=("best", "last"), help="checkpoint the tables "
                    "evaluate (default: the preset's, best as the released code)")
+    p.add_argument("--transfer-examples", metavar="per-source|per-student",
+                   help="per-source: craft each transfer attack's examples once on the source, "
+                   "on every point, and score every student on them (a new results folder's "
+                   "default); per-student: craft them again for each student on the points it "
+                   "classifies correctly, as the released script (the default of a folder "
+                   "evaluated that way before). docs/protocol.md#transfer-examples")
     p.add_argument("--clean-teacher", help="clean teacher spec for every dataset (PATH | "
                    "ARCH=PATH | rb:NAME) instead of the preset's")
     p.add_argument("--robust-teacher", help="robust teacher spec, likewise")
@@ -258,6 +264,8 @@ def _run(argv: list[str] | None) -> int:
                       settings={"device": device, "data_root": args.data_root,
                                 "download": args.download, "model_dir": args.model_dir,
                                 "overrides": changed,
+                                "transfer_examples": store.folder_transfer_mode(
+                                    results, args.transfer_examples),
                                 **({"procs_per_cell": procs} if procs > 1 else {})},
                       seeds=args.seeds)
     which = preset.checkpoint
