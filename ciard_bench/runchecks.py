@@ -16,11 +16,22 @@ class NonFiniteLoss(UserError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
-def check_resume(saved: dict[str, Any], cfg: TrainConfig, used: list, out: str) -> None:
+def check_resume(saved: dict[str, Any], cfg: TrainConfig, used: list, out: str,
+                 teachers: dict[str, str] | None = None) -> None:
     """A run resumes only with its own settings (``saved``: its ``run.json``) and the plugins
     it began with (distribution and version, or file hash): another version may compute
-    another step."""
-    for key, was, now in changed_settings(saved["config"], cfg.to_dict())[:1]:
+    another step. A teacher given as a file is identified by its content (``teachers``:
+    key -> sha256 now; the run records them): moved, it resumes; changed, it does not."""
+    recorded = saved.get("teachers", {})
+    teachers = teachers or {}
+    for key, sha in recorded.items():
+        if key in teachers and teachers[key] != sha:
+            raise UserError(f"--resume: the {key} file {getattr(cfg, key)!r} is not the one the "
+                            f"run in {out!r} began with (sha256 {teachers[key][:12]}..., it "
+                            f"was {sha[:12]}...); accepted: the same weights, wherever they are")
+    same = {k for k in recorded if teachers.get(k) == recorded[k]}
+    for key, was, now in [c for c in changed_settings(saved["config"], cfg.to_dict())
+                          if c[0] not in same][:1]:
         raise UserError(f"--resume: {key} is {now!r} but the run in {out!r} used "
                         f"{was!r}; accepted: the run's own settings")
     if saved.get("plugins", []) != used:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (atomic_write_json, atomic_write_text, json_text, load_checkpoint,
-                         save_checkpoint)
+                         save_checkpoint, sha256_file)
 from .errors import UserError
 
 
@@ -144,3 +144,32 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, str
                             f"(no run.json entry); train it first or pass a .pt file")
         return path / "checkpoints" / entry["file"], entry["sha256"]
     return path, None
+
+
+TEACHER_KEYS = ("clean_teacher", "robust_teacher")
+
+
+def teacher_sha256(spec: str | None, results: str | Path | None = None) -> str | None:
+    """The sha256 of the weights a teacher spec names (``PATH``, ``ARCH=PATH``, a training run
+    folder: its best checkpoint, as recorded in its ``run.json``), so a run is identified by
+    its teachers' content, not by where they sit; None for ``rb:NAME`` (a name) and no spec."""
+    if not spec or str(spec).startswith("rb:"):
+        return None
+    spec = str(spec)
+    path = local_path(spec, results)
+    if not Path(path).exists() and "=" in spec:
+        path = local_path(spec.partition("=")[2], results)
+    if not Path(path).exists():
+        return None                 # the loader says what is wrong with it
+    file, sha = resolve_checkpoint(path, "best")
+    return sha or sha256_file(file)
+
+
+def teacher_identities(cfg: Any, results: str | Path | None = None) -> dict[str, str]:
+    """``{key: sha256}`` of the teachers ``cfg`` gives as files (``TEACHER_KEYS``)."""
+    out = {}
+    for key in TEACHER_KEYS:
+        sha = teacher_sha256(getattr(cfg, key, None), results)
+        if sha is not None:
+            out[key] = sha
+    return out

@@ -46,7 +46,7 @@ from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .methods import get_method, list_methods
 from .runchecks import NonFiniteLoss, check_first_loss, check_loss, check_resume, raise_if_bad  # noqa: F401
-from .runs import RunDir, check_writable, local_path
+from .runs import RunDir, check_writable, local_path, teacher_identities
 from .schedules import get_schedule
 from .signals import stop_at_look, stop_on_signals
 from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
@@ -151,8 +151,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         raise UserError(f"run folder {out!r} already holds a run; pass --resume to continue it "
                         "or choose another --out")
     used = plugins.provenance(method=cfg.method, model=cfg.student, dataset=cfg.dataset)
+    teachers = teacher_identities(cfg, results)     # by content: the files may move
     if saved.get("config") is not None:
-        check_resume(saved, cfg, used, out)
+        check_resume(saved, cfg, used, out, teachers)
     check_writable(rundir.root)
     seed_everything(cfg.seed)
     if d.enabled:
@@ -183,7 +184,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             state["rng"] = rng[0] if not d.enabled else {"ranks": rng}
             rundir.save(state, epoch=epoch, step=step, best=best, log=history,
                         extra_state={"config": cfg.to_dict(), "world_size": d.world_size,
-                                     **({"plugins": used} if used else {})})
+                                     **({"plugins": used} if used else {}),
+                                     **({"teachers": teachers} if teachers else {})})
         barrier(d)
 
     checked = False     # the first step of this invocation is checked (check_first_loss)

@@ -359,3 +359,62 @@ def test_the_training_command_runs_a_grid_cell_config_with_its_results_folder(fi
     result = json.loads((copy / "runs" / STUDENT / "result.json").read_text())
     assert result["config"]["robust_teacher"] == f"results:runs/{TEACHERS['robust_teacher']}"
     assert result["config"]["out"] == f"results:runs/{STUDENT}"
+
+
+# -- (e) teachers the user gave as files: identified by their content -----------------------------
+
+def _teacher_files(folder: Path, robust_seed: int = 2) -> dict[str, str]:
+    from ciard_bench.models import create_model, save_model_file
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for key, seed in (("clean_teacher", 1), ("robust_teacher", robust_seed)):
+        torch.manual_seed(seed)
+        out[key] = str(folder / f"{key}.pt")
+        save_model_file(create_model("resnet8", 10), {"name": "resnet8", "num_classes": 10},
+                        out[key])
+    return out
+
+
+def _train(out: Path, teachers: dict[str, str], kill_at: str | None = None, resume=False):
+    env = {k: v for k, v in os.environ.items() if k != "CIARD_BENCH_KILL_AT"}
+    if kill_at:
+        env["CIARD_BENCH_KILL_AT"] = kill_at
+    return subprocess.run(
+        [sys.executable, "-m", "ciard_bench.train", "--method", "mtard", "--dataset", "digits",
+         "--n-train", "32", "--n-test", "16", "--student", "resnet8", "--epochs", "2",
+         "--batch-size", "16", "--attack-steps", "1", "--eval-every", "2", "--device", "cpu",
+         "--clean-teacher", teachers["clean_teacher"],
+         "--robust-teacher", teachers["robust_teacher"], "--out", str(out),
+         *(["--resume"] if resume else [])], env=env, capture_output=True, text=True,
+        timeout=300, cwd=REPO)
+
+
+def test_a_run_resumes_with_its_teacher_files_moved_and_refuses_changed_ones(tmp_path):
+    """The run records each teacher file's sha256: the same weights under another path (a
+    results folder on another machine) resume exactly; other weights under the same path are
+    refused in one line."""
+    first = _teacher_files(tmp_path / "here")
+    straight = _train(tmp_path / "straight", first)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    stopped = _train(tmp_path / "run", first, kill_at="step:3")   # inside epoch 2
+    assert stopped.returncode == -9, stopped.stderr[-2000:]
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["teachers"]
+    assert set(recorded) == {"clean_teacher", "robust_teacher"}
+
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    moved = {k: v.replace(f"{os.sep}here{os.sep}", f"{os.sep}there{os.sep}")
+             for k, v in first.items()}
+    resumed = _train(tmp_path / "run", moved, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert compare_runs(tmp_path / "straight", tmp_path / "run")["exact"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["robust_teacher"] == moved["robust_teacher"]      # recorded as given
+
+    again = _train(tmp_path / "run2", moved, kill_at="step:3")
+    assert again.returncode == -9
+    _teacher_files(tmp_path / "there", robust_seed=3)              # other weights, same path
+    refused = _train(tmp_path / "run2", moved, resume=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"error: --resume: the robust_teacher file {moved['robust_teacher']!r} is not the one "
+        f"the run in {str(tmp_path / 'run2')!r} began with")

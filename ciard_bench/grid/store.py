@@ -59,7 +59,7 @@ from ..errors import UserError
 from ..attacks import get_attack
 from ..evaluate import evaluate, predict, transfer, wilson
 from ..models import load_model_file, load_teacher
-from ..runs import RunDir
+from ..runs import RunDir, teacher_sha256
 from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from . import migrate, rehearsal
@@ -128,8 +128,12 @@ def _check_same_config(grid: Grid, cell: Cell) -> None:
         raise UserError(f"cell {cell.id} was trained with {plugins.said(was_used)}, the grid now "
                         f"has {plugins.said(used)}; install the version it was trained with, or "
                         f"delete {str(grid.run_dir(cell))!r}, or choose another --results-dir")
+    # a teacher the user gave as a file is the same teacher wherever it is now: its content
+    recorded = RunDir(grid.run_dir(cell)).read_state().get("teachers", {})
+    same = {k for k, sha in recorded.items()
+            if teacher_sha256(getattr(cell.config, k), grid.results) == sha}
     for key, was, asked in changed_settings(saved, now):
-        if key == "sync_bn":   # 1 process, or several with global BatchNorm: the same step
+        if key == "sync_bn" or key in same:   # sync_bn: 1 process or global BatchNorm, one step
             continue
         raise UserError(f"cell {cell.id} in {str(grid.run_dir(cell))!r} was trained with "
                         f"{key}={was!r}, the grid now asks for {asked!r}; "
