@@ -100,7 +100,7 @@ def check_logits(model: torch.nn.Module, name: str, data: Any) -> None:
 def evaluate_epoch(run: Run, epoch: int) -> dict[str, float]:
     kill_point("eval")
     cfg, seed = run.cfg, run.cfg.seed * 100003 + epoch
-    models = {"student": run.method.student}
+    models = {"student": run.method.evaluated_student()}
     if cfg.eval_teachers:
         models.update({r: getattr(run.method, r) for r in run.method.teachers})
     metrics = {}

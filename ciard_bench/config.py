@@ -271,7 +271,7 @@ def add_method_arguments(parser: argparse.ArgumentParser, method_cls: type) -> N
             del kw["metavar"]
         elif isinstance(f.default, int) or str(f.type).startswith("int"):
             kw["type"] = int
-        elif isinstance(f.default, float):
+        elif isinstance(f.default, float) or str(f.type).startswith("float"):   # float | None too
             kw["type"] = parse_fraction
         g.add_argument(_flag(f.name), **kw)
 

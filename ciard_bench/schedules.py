@@ -1,7 +1,7 @@
 """Learning-rate schedules, as functions of the 1-indexed epoch and the run length.
 
 Each schedule is the released code's rule at its released length (300 epochs for CIARD,
-RSLAD and MTARD, 200 for ARD and AdaAD, 110 for SAT, 76 for TRADES). The released scripts
+RSLAD, MTARD and PeerAiD, 200 for ARD and AdaAD, 110 for SAT, 76 for TRADES). The released scripts
 set the rate at the start of each epoch (CIARD sets it every batch, to the same value), so
 one value per epoch is exact.
 
@@ -66,12 +66,28 @@ def _steps(fractions: tuple[float, ...], gamma: float = 0.1) -> Schedule:
     return schedule
 
 
+def _divided(fractions: tuple[float, ...]) -> Schedule:
+    """The rate divided by 10 after each milestone, by repeated division as PeerAiD's
+    ``adjust_learning_rate`` (``lr /= 10``; ``0.1 / 10`` is 0.01, ``0.1 * 0.1`` is not)."""
+    def schedule(epoch: int, epochs: int, base: float) -> float:
+        rate = base
+        for f in fractions:
+            if epoch > round(f * epochs):
+                rate /= 10
+        return rate
+    return schedule
+
+
 # name -> (released rule, released length in epochs, description)
 _RULES: dict[str, tuple[Schedule, int, str]] = {
     "ciard_released": (_ciard_released, 300, "0.1 until half the run, then cosine x exp decay (CIARD code)"),
     # a cosine over the run at any length (it ends at 1e-5, never 0): nothing to scale
     "cosine": (_cosine, 1, "cosine from the base rate to 1e-5 over the run (CIARD paper)"),
     "multistep": (_steps((215 / 300, 260 / 300, 285 / 300)), 300, "x0.1 after epochs 215, 260, 285 of 300 (RSLAD/MTARD)"),
+    # PeerAiD's configs list the 0-indexed epochs [214, 259, 284] and divide the rate from
+    # each on: x0.1 from epochs 215, 260, 285 (1-indexed), one epoch before "multistep"
+    "peeraid_released": (_divided((214 / 300, 259 / 300, 284 / 300)), 300,
+                         "x0.1 after epochs 214, 259, 284 of 300 (PeerAiD code: from epoch 215)"),
     "ard_released": (_steps((0.5,)), 200, "x0.1 after half the run, never again (ARD code's bug)"),
     "ard_paper": (_steps((0.5, 0.75)), 200, "x0.1 after 1/2 and 3/4 of the run (ARD's intent)"),
     "sat_released": (_steps((100 / 110, 105 / 110)), 110, "x0.1 after epochs 100 and 105 of 110 (AdaAD's SAT)"),

@@ -1,4 +1,5 @@
-"""Small shared helpers: eps parsing, device resolution, seeding, provenance, eval mode."""
+"""Small shared helpers: eps parsing, device resolution, seeding, provenance, eval mode,
+recomputing BatchNorm statistics."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import subprocess
 from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -176,3 +177,39 @@ def eval_mode(*modules: Any) -> Iterator[None]:
         for _, flags in saved:
             for sub, was_training in flags:
                 sub.training = was_training
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: Any, batches: Iterable[torch.Tensor]) -> int:
+    """Replace the running statistics of every BatchNorm layer of ``model`` by those of
+    ``batches`` (inputs), as SWA's ``bn_update`` (PeerAiD ``utils/SWA.py``): the statistics
+    reset to mean 0 and variance 1, the model in train mode, and before each batch of b
+    inputs, after n, every layer's momentum set to b / (n + b), so that each statistic ends
+    as the mean of the batches' (the unbiased variance for ``running_var``) weighted by their
+    sizes. The layers' momenta and every submodule's mode are restored; ``num_batches_tracked``
+    counts on, as there. Returns the number of inputs seen (0, and nothing changed, without
+    BatchNorm layers)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    modes = [(sub, sub.training) for sub in model.modules()]
+    for m in norms:
+        if m.running_mean is not None:
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+    model.train()
+    seen = 0
+    try:
+        for x in batches:
+            b = x.shape[0]
+            for m in norms:
+                m.momentum = b / (seen + b)
+            model(x)
+            seen += b
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        for sub, was_training in modes:
+            sub.training = was_training
+    return seen

@@ -4,7 +4,7 @@ For every registered method (CIARD also with ``mtard_adaptive`` weights and with
 training the robust teacher), one training step with the engine's own ``build`` and
 ``train_step`` (gradient averaging included) on each rank's shard of a global batch of 8,
 and on rank 0 the same step in ONE process on the joined batch; rank 0 writes, per case and
-per parameter (student, and the ITT teacher), the largest absolute difference of the
+per parameter (student, the ITT teacher, PeerAiD's peer), the largest absolute difference of the
 gradients and the largest absolute element of the one-process gradient, to
 ``argv[1]/grads.json``.
 

@@ -277,6 +277,7 @@ ATTACKS = {  # start, start clamped to [0, 1], student mode, teachers queried at
     "bmtard": ("gauss", False, "eval", ()),
     "score": ("gauss", True, "eval", ()),
     "adaad": ("gauss", False, "eval", ("robust_teacher",)),
+    "peeraid": ("gauss", False, "eval", ()),       # the peer's clean label is computed before
 }
 
 
@@ -302,6 +303,9 @@ def _objective(name, m, x, y, x0):
         if name == "adaad":                   # the teacher AT x0
             z0 = rows(m.robust_teacher(x0))
             return sum(kl(softmax(z0[i]), log_softmax(s0[i])) for i in range(8))
+        if name == "peeraid":                 # the peer's CLEAN prediction, in eval mode
+            z = rows(copy.deepcopy(m.peer).eval()(x))
+            return sum(kl(softmax(z[i]), log_softmax(s0[i])) for i in range(8))
     raise AssertionError(f"add the attack objective of {name!r} (METHODS.md) to this test")
 
 
@@ -512,7 +516,7 @@ RELEASED = {  # METHODS.md §11: epochs, lr, weight decay, schedule of each rele
     "mtard": (300, 0.1, 2e-4, "multistep"), "bmtard": (300, 0.1, 2e-4, "multistep"),
     "score": (110, 0.05, 5e-4, "sat_released"), "adaad": (200, 0.1, 5e-4, "adaad"),
     "fair_rslad": (300, 0.1, 2e-4, "multistep"), "fair_mtard": (300, 0.1, 2e-4, "multistep"),
-    "fair_iad": (200, 0.1, 2e-4, "ard_released"),
+    "fair_iad": (200, 0.1, 2e-4, "ard_released"), "peeraid": (300, 0.1, 2e-4, "peeraid_released"),
 }
 
 

@@ -3,7 +3,7 @@
 One step of every registered method on 2 processes (a global batch of 8, 4 per process)
 against one process on the joined batch (tests/dist_grad_worker.py), compared per case by
 the largest absolute difference of any gradient element relative to the largest element of
-the one-process gradient (student, and CIARD's ITT teacher). What may differ is the order of
+the one-process gradient (student, CIARD's ITT teacher, PeerAiD's peer). What may differ is the order of
 float additions: one process sums 8 samples at once, two sum 4 each and the all-reduce adds
 the halves, in the forward's global statistics and in every reduction of the backward.
 
@@ -59,14 +59,16 @@ def _worst(diffs: dict) -> float:
 @pytest.mark.parametrize("mode", ["nobn", "syncbn"])
 def test_every_method_on_two_processes_has_the_one_process_gradient(report, mode):
     """``nobn``: a BatchNorm-free student; ``syncbn``: BatchNorm students under ``--sync-bn``
-    (and CIARD with ITT: the robust teacher trains in train mode, its gradient is compared too)."""
+    (and CIARD with ITT: the robust teacher trains in train mode, its gradient is compared too;
+    PeerAiD's peer, a copy of the student's modules, trains every step in both modes)."""
     cases = report[mode]
     assert {key.split()[0] for key in cases} == {m for m in list_methods() if origin("method", m) is None}
     for case, diffs in cases.items():
-        assert diffs and all(k.startswith(("student.", "robust_teacher.")) for k in diffs), case
+        assert diffs and all(k.startswith(("student.", "robust_teacher.", "peer.")) for k in diffs), case
         assert _worst(diffs) <= TOLERANCE, (case, _worst(diffs))
     if mode == "syncbn":
         assert any(k.startswith("robust_teacher.") for k in cases['ciard {"itt_start_epoch": 0}'])
+    assert any(k.startswith("peer.") for k in cases["peeraid {}"])    # PeerAiD's peer, every step
 
 
 def test_per_process_batchnorm_is_the_mean_of_the_shards_gradients(report):

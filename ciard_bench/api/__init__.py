@@ -22,7 +22,10 @@ methods in ``ciard_bench/methods/`` import only this module (an import-linter co
   method trains returns its loss under its :class:`TeacherTraining` ``loss_key`` on the steps
   it trains;
 * hooks ``begin_epoch(epoch)`` / ``end_epoch(epoch)`` (1-indexed), ``teacher_trainings()``,
-  ``state_summary()`` (0-dim tensors logged each epoch);
+  ``state_summary()`` (0-dim tensors logged each epoch); since 1.1 ``evaluated_student()`` (the
+  model evaluated and saved as the run's student; the student by default) and
+  ``batch_norm_refresh(epoch)`` (models whose BatchNorm statistics the engine recomputes with a
+  pass over the training data after ``end_epoch``; none by default);
 * state: everything the step adapts must be a buffer (``self.register_buffer``) or a module of
   the method, so ``checkpoint_state()`` holds it and a resume is exact; a plain Python
   attribute is lost at a resume (the rehearsal's stop-and-resume check catches it). Scalars the
@@ -75,7 +78,7 @@ from .method import (C100_BATCHMEAN_SCALE, C100_KL_SCALE, RATE_MILESTONES, Conte
                      milestone, option, register_method, scalar_state)
 from .inner import eval_mode, pgd, random_start
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"   # 1.1: the hooks evaluated_student(), batch_norm_refresh()
 
 
 def function_attack(fn: Callable[[Any, Any, Any, dict], Any]) -> Callable[..., Attack]:

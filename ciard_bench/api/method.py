@@ -8,6 +8,10 @@ A method is an ``nn.Module`` that owns the student, its teachers and its adaptiv
   only on steps where it trains.
 * ``begin_epoch(epoch)`` / ``end_epoch(epoch)`` (1-indexed, as the released scripts count).
 * ``teacher_trainings()``: teachers the method trains, each with its own optimiser settings.
+* ``batch_norm_refresh(epoch)``: models whose BatchNorm statistics the engine recomputes after
+  ``end_epoch`` by one pass over the training data (none by default; PeerAiD's SWA student).
+* ``evaluated_student()``: the model evaluated each epoch and saved as the run's student (the
+  student by default; PeerAiD's weight average of it).
 * ``checkpoint_state()`` / ``load_checkpoint_state()``: everything but frozen teachers.
 
 Under ``torchrun`` (``Context.dist``) each process sees its shard of the batch; a method
@@ -119,6 +123,24 @@ class Method(nn.Module):
     def teacher_trainings(self) -> list[TeacherTraining]:
         """Teachers this method trains (none by default)."""
         return []
+
+    def batch_norm_refresh(self, epoch: int) -> list[nn.Module]:
+        """Models whose BatchNorm running statistics the engine recomputes right after
+        ``end_epoch(epoch)``: one pass over the training data, shuffled and augmented as an
+        epoch of its own, each model in train mode without gradients; every statistic becomes
+        the mean of the batches' statistics weighted by their sizes (SWA's ``bn_update``) and
+        each model gets its mode back. Under torchrun each process passes its shard (the
+        global batch with ``--sync-bn``) and rank 0's statistics are kept, as the student's.
+        None by default; PeerAiD returns its SWA student on the epochs it averages."""
+        return []
+
+    def evaluated_student(self) -> nn.Module:
+        """The model the engine evaluates after each epoch and saves as the run's student (the
+        ``state_dict`` of the ``best`` and ``last`` checkpoints, what the tables and the
+        evaluation load). The student by default; a method may return another model of the
+        student's architecture, e.g. a weight average of it (PeerAiD's SWA student). A resume
+        restores every model from ``checkpoint_state()``, whatever this returns."""
+        return self.student
 
     def train(self, mode: bool = True) -> "Method":
         """Only the student follows ``train()``; teachers keep the modes the method sets."""

@@ -7,6 +7,7 @@ from ..api import (Context, Method, TeacherTraining, create_method, get_method, 
 from . import standard, trades, ciard  # noqa: F401  (registration)
 from . import sat, ard, rslad, score, absld, mtard, bmtard, adaad, iad  # noqa: F401  (baselines)
 from . import fairness, fair_ard  # noqa: F401  (Fair-ARD and its variants: class re-weighting)
+from . import peeraid  # noqa: F401  (PeerAiD: a peer trained alongside, an SWA student)
 
 __all__ = ["Context", "Method", "TeacherTraining", "create_method", "get_method", "list_methods",
            "make_options", "register_method"]
