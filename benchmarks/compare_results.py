@@ -9,6 +9,10 @@ the tables' digits may move, a conclusion the marks draw must not.
 
     python benchmarks/compare_results.py results/smoke /tmp/smoke-threads2 [--out cmp.json]
 
+``--entries`` also lists every entry that differs: its value and 95 % interval in each
+folder (the interval the tables print: one seed's Wilson interval, several seeds' joined
+one), the difference, and whether each value lies inside the other's interval.
+
 Exit status 0 when every table's marks agree, 1 when one differs, 2 on bad input.
 """
 from __future__ import annotations
@@ -22,15 +26,34 @@ import pandas as pd
 
 
 def _entries(path: Path) -> pd.DataFrame:
-    """One row per (row, column): the mean over seeds and the mark."""
+    """One row per (row, column): the mean over seeds, its interval and the mark."""
     frame = pd.read_csv(path, keep_default_na=False)
-    needed = {"row", "column", "mean", "mark"}
+    needed = {"row", "column", "mean", "low", "high", "mark"}
     if not needed <= set(frame.columns):
         raise SystemExit(f"error: {path} lacks the columns {sorted(needed - set(frame.columns))}; "
                          "accepted: a tableN_seeds.csv written by python -m ciard_bench.tables")
-    frame = frame.drop_duplicates(["row", "column"])[["row", "column", "mean", "mark"]]
-    frame["mean"] = pd.to_numeric(frame["mean"], errors="coerce")
+    frame = frame.drop_duplicates(["row", "column"])[["row", "column", "mean", "low", "high",
+                                                      "mark"]]
+    for col in ("mean", "low", "high"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame.set_index(["row", "column"])
+
+
+def differing_entries(first: Path, second: Path, name: str) -> list[dict]:
+    """Every entry of table ``name`` whose value differs between the folders."""
+    a, b = _entries(first / f"{name}_seeds.csv"), _entries(second / f"{name}_seeds.csv")
+    out = []
+    for key in a.index:
+        x, y = a.loc[key], b.loc[key]
+        if abs(x["mean"] - y["mean"]) <= 1e-9:
+            continue
+        out.append({"table": name, "row": key[0], "column": key[1],
+                    "first": [x["mean"], x["low"], x["high"]],
+                    "second": [y["mean"], y["low"], y["high"]],
+                    "difference": y["mean"] - x["mean"],
+                    "inside_each_other": bool(y["low"] <= x["mean"] <= y["high"]
+                                              and x["low"] <= y["mean"] <= x["high"])})
+    return out
 
 
 def _marked(frame: pd.DataFrame) -> dict[str, str]:
@@ -77,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("first", type=Path)
     p.add_argument("second", type=Path)
     p.add_argument("--out", type=Path, help="also write the comparison as JSON")
+    p.add_argument("--entries", action="store_true", help="also list every differing entry "
+                   "with both values and their 95 %% intervals")
     args = p.parse_args(argv)
     rows = compare(args.first, args.second)
     print(f"{'table':10} {'entries':>7} {'differ':>6} {'max |d|':>8} {'reordered':>9}  marks")
@@ -87,9 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['table']:10} {r['entries']:7d} {r['values_differing']:6d} "
               f"{r['max_abs_difference']:8.2f} {r['columns_with_other_order']:4d}/{r['columns']:<4d}  "
               f"{marks}")
+    listed = [e for r in rows for e in differing_entries(args.first, args.second, r["table"])] \
+        if args.entries else []
+    if listed:
+        print(f"\n{'table':9} {'row':14} {'column':34} {'first [95 % interval]':>24} "
+              f"{'second [95 % interval]':>24} {'d':>6}  inside")
+        for e in listed:
+            f, s = e["first"], e["second"]
+            print(f"{e['table']:9} {e['row']:14} {e['column']:34} "
+                  f"{f'{f[0]:.1f} [{f[1]:.1f}, {f[2]:.1f}]':>24} "
+                  f"{f'{s[0]:.1f} [{s[1]:.1f}, {s[2]:.1f}]':>24} {e['difference']:+6.1f}  "
+                  f"{'yes' if e['inside_each_other'] else 'NO'}")
     if args.out:
         args.out.write_text(json.dumps({"first": str(args.first), "second": str(args.second),
-                                        "tables": rows}, indent=1) + "\n")
+                                        "tables": rows, "entries": listed}, indent=1) + "\n")
     return 0 if all(r["marks_agree"] for r in rows) else 1
 
 
