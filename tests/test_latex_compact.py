@@ -107,11 +107,18 @@ def test_the_paper_presets_widest_tables_fit(tmp_path):
              for d in ("cifar10", "cifar100") for m in ("Clean", "Robust", "W-R")]
     aa = [f"{s} / {d} / {m}" for s in ("ResNet-18", "MobileNet-V2") for d in ("cifar10", "cifar100")
           for m in ("Clean", "Robust", "W-R")]
+    beyond = [f"{s} / {d} / {c}" for s in ("ResNet-18", "MobileNet-V2")
+              for d in ("cifar10", "cifar100")
+              for c in ("Clean", "PGD_TRADES", "AA", "Transfer_PGD_TRADES")]
     teachers = [[d, t] for d in ("cifar10", "cifar100") for t in (
         "ResNet-56 (clean)", "WRN-34-10 (robust, TRADES)", "WRN-70-16 (robust, Gowal2020)")]
     shapes = {"table3": _widest("table3", white, ["method"], methods),
               "table5": _widest("table5", black, ["method"], methods),
               "table_aa": _widest("table_aa", aa, ["method"], methods),
+              # CIARD and the methods beyond the paper's: one block of rows per student
+              "table_beyond": _widest("table_beyond", beyond, ["method"], [
+                  ["CIARD"], ["IAD-I"], ["IAD-II"], ["Fair-RSLAD"], ["Fair-MTARD"], ["Fair-IAD"],
+                  ["PeerAiD"]]),
               "table2": _widest("table2", ["Clean", "FGSM", "PGD_SAT", "PGD_TRADES", "CW_inf"],
                                 ["dataset", "teacher"], teachers)}
     reductions = "paper preset: full protocol (each method's released epochs and schedule)"
@@ -122,4 +129,7 @@ def test_the_paper_presets_widest_tables_fit(tmp_path):
     per_dataset = ["Clean", "FGSM", r"PGD$_{\mathrm{SAT}}$", r"PGD$_{\mathrm{TR}}$", r"CW$_\infty$"]
     assert header.removesuffix(r" \\").split(" & ") == ["method", *per_dataset, *per_dataset]
     assert "\\multicolumn{5}{c}{CIFAR-10} & \\multicolumn{5}{c}{CIFAR-100}" in tables["table3_compact"]
+    beyond = tables["table_beyond_compact"]
+    assert "\\multicolumn{4}{c}{CIFAR-10} & \\multicolumn{4}{c}{CIFAR-100}" in beyond
+    assert beyond.count("\\emph{ResNet-18}") == beyond.count("\\emph{MobileNet-V2}") == 1
     _assert_fits(_compile(tmp_path, tables), list(tables))

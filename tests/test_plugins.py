@@ -530,7 +530,7 @@ def test_a_grid_resumed_with_another_plugin_version_says_so(plugdir, tmp_path):
             "--sanity-examples", "8", "--threads", "1", "--no-figures",
             "--clean-teacher", str(teachers[0]), "--robust-teacher", str(teachers[1])]
     ok(cli("tables", *grid, plugins=[plug]))
-    table = (tmp_path / "grid" / "table3.md").read_text()
+    table = (tmp_path / "grid" / "table_beyond.md").read_text()
     old = file_origin(plug)
     plug.write_text(plug.read_text() + "\n# version 2\n")
     proc = cli("tables", *grid, plugins=[plug])
@@ -542,7 +542,7 @@ def test_a_grid_resumed_with_another_plugin_version_says_so(plugdir, tmp_path):
     assert err.startswith("error: cell digits/resnet18/pf_sat/seed0 was trained with method "
                           f"'pf_sat' from {old.removeprefix('plugin ')}, the grid now has method "
                           f"'pf_sat' from {file_origin(plug).removeprefix('plugin ')}"), err
-    assert (tmp_path / "grid" / "table3.md").read_text() == table
+    assert (tmp_path / "grid" / "table_beyond.md").read_text() == table
 
 
 def test_a_slurm_job_carries_the_plugins_of_the_command_that_submitted_it(tmp_path, monkeypatch):

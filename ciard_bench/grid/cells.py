@@ -163,7 +163,7 @@ def build_grid(preset: Preset, results: str | Path, *, datasets: Sequence[str] |
 
     ``teacher_specs`` (``{"clean"|"robust": spec}``) replaces the preset's teachers;
     ``settings`` (``device``, ``data_root``, ``download``, ``model_dir``) reach every cell.
-    ``methods`` may name any registered method (a plugin's too: its rows follow the paper's);
+    ``methods`` may name any registered method (a plugin's too: its rows are table_beyond's);
     one that is not registered is a one-line error.
     """
     settings = {"device": "auto", "data_root": "data", "download": False, "model_dir": "models",

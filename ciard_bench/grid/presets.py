@@ -28,8 +28,8 @@ def method_label(name: str) -> str:
 
 
 def row_methods(methods: "Sequence[str]") -> list[str]:
-    """The rows of a method table: the paper's ten in its order, then any other method (a
-    plugin's, one beyond the paper) in the order given."""
+    """The methods in table order: the paper's ten in its order (Tables 3-6), then any other
+    method (one beyond the paper, a plugin's: table_beyond's rows) in the order given."""
     present = list(dict.fromkeys(methods))
     return [m for m in TABLE_METHODS if m in present] + [m for m in present if m not in TABLE_METHODS]
 

@@ -6,7 +6,8 @@ pdflatex and checks its width on the PDF).
 
 Columns are cut where the full tables repeat themselves: a student's clean accuracy is the
 same under every attack, so it is shown once per dataset, and W-R = (Clean + Robust)/2 is
-left to the reader (the note says so); the attack columns hold robust accuracy. Marks are
+left to the reader (the note says so); the attack columns hold robust accuracy.
+``table_beyond`` keeps its columns and prints one block of rows per student. Marks are
 the full tables' (bold, underline), under the same rule. Built from the tables' Markdown
 and seeds CSV (:mod:`.tables`), so a folder without its run folders gets them too.
 """
@@ -51,6 +52,19 @@ def _columns(table: ReportTable) -> list[tuple[str, str, int]]:
     return sorted(out, key=lambda c: order.index(c[0]))
 
 
+def _blocks(table: ReportTable) -> list[tuple[str, list[tuple[str, str, int]]]]:
+    """(label, compact columns) per block of rows. ``table_beyond`` (columns (student,
+    dataset, column), each kept) is printed one student after the other, its rows repeated:
+    side by side, the paper preset's two students and datasets are 1.5 text widths wide."""
+    if table.base != "table_beyond":
+        return [("", _columns(table))]
+    blocks: dict[str, list[tuple[str, str, int]]] = {}
+    for i, flat in enumerate(table.columns):
+        student, dataset, column = flat.split(" / ")
+        blocks.setdefault(student, []).append((_DATASETS.get(dataset, dataset), _label(column), i))
+    return list(blocks.items())
+
+
 def _entry(v: Value) -> str:
     if not math.isfinite(v.mean):
         return "--"
@@ -72,7 +86,8 @@ def _caption(table: ReportTable, preset: str) -> str:
 
 def compact_latex(table: ReportTable, preset: str, reductions: str | None) -> str:
     """The compact LaTeX of one table (needs ``\\usepackage{booktabs}``)."""
-    cols = _columns(table)
+    blocks = _blocks(table)
+    cols = blocks[0][1]                   # the header: every block has the same columns
     n_index = len(table.index_names)
     lines = ["\\begin{table*}[t]", "\\centering\\small\\setlength{\\tabcolsep}{3pt}",
              f"\\caption{{{_caption(table, preset)}}}\\label{{tab:{table.name}-compact}}",
@@ -93,12 +108,19 @@ def compact_latex(table: ReportTable, preset: str, reductions: str | None) -> st
     lines.append(" & ".join([tex_escape(n) for n in table.index_names]
                             + [c for _, c, _ in cols]) + " \\\\")
     lines.append("\\midrule")
-    for _, labels, values in table.rows:
-        lines.append(" & ".join([tex_escape(_DATASETS.get(x, x)) for x in labels]
-                                + [_entry(values[i]) for _, _, i in cols]) + " \\\\")
+    for b, (block, block_cols) in enumerate(blocks):
+        if b:
+            lines.append("\\midrule")
+        if block:
+            lines.append(f"\\multicolumn{{{n_index + len(cols)}}}{{@{{}}l}}"
+                         f"{{\\emph{{{tex_escape(block)}}}}} \\\\")
+        for _, labels, values in table.rows:
+            lines.append(" & ".join([tex_escape(_DATASETS.get(x, x)) for x in labels]
+                                    + [_entry(values[i]) for _, _, i in block_cols]) + " \\\\")
     lines.append("\\bottomrule")
     lines.append("\\end{tabular}")
-    note = ("Attack columns: robust accuracy; W-R = (Clean + Robust)/2. Bold/underlined: "
+    wr = "" if table.base == "table_beyond" else "; W-R = (Clean + Robust)/2"
+    note = (f"Attack columns: robust accuracy{wr}. Bold/underlined: "
             "the best/second where the 95 \\% intervals separate them (rule and intervals: "
             f"{tex_escape(table.name)}.tex). ")
     note += (f"Reductions: {tex_escape(reductions)}." if reductions else

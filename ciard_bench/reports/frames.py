@@ -1,4 +1,5 @@
-"""The paper's tables as pandas DataFrames, read from the results store.
+"""The paper's tables (and ``table_beyond``, the methods beyond them) as pandas DataFrames,
+read from the results store.
 
 Values are accuracies in percent exactly as the evaluation JSONs hold them (rounding
 happens when a table is written). With several seeds a value is the mean over seeds, and
@@ -19,12 +20,13 @@ import pandas as pd
 from ..attacks import get_attack
 from ..grid import store
 from ..grid.cells import Cell, Grid, dataset_label
-from ..grid.presets import ABLATIONS, STUDENT_LABELS, method_label, row_methods
+from ..grid.presets import ABLATIONS, STUDENT_LABELS, TABLE_METHODS, method_label, row_methods
 
 METRICS = ("Clean", "Robust", "W-R")
 WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")
 BLACK_BOX = ("transfer_pgd_trades", "transfer_cw_inf", "square")
 TEACHER_COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf")
+BEYOND_COLUMNS = ("clean", "pgd_trades", "aa", "transfer_pgd_trades")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Sample:
 class Table:
     """One table: its DataFrame and what the caption must say."""
 
-    name: str                        # file stem: table2 ... table7, table_aa
+    name: str                        # file stem: table2 ... table7, table_aa, table_beyond
     title: str
     frame: pd.DataFrame
     attacks: tuple[str, ...]
@@ -51,6 +53,7 @@ class Table:
     highlight: bool = True           # marks per column where the intervals separate rows
     cells: list[Cell] = field(default_factory=list)
     samples: dict = field(default_factory=dict)   # (frame row, frame column) -> [Sample]
+    note: str = ""                   # caption sentence after the title: what the table is
 
 
 def _eval(grid: Grid, cell: Cell | None, which: str) -> dict[str, Any] | None:
@@ -132,9 +135,11 @@ def teacher_table(grid: Grid, which: str) -> Table:
 
 def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                  attacks: tuple[str, ...]) -> Table:
-    """Tables 3-6 and the AutoAttack table: rows = methods, columns (attack, dataset, metric)."""
+    """Tables 3-6 and the AutoAttack table: rows = the paper's methods the grid has (in its
+    order; the others are in :func:`beyond_table`), columns (attack, dataset, metric)."""
     datasets = datasets_of(grid)
-    methods = row_methods([c.method for c in grid.cells if c.kind == "student"])
+    methods = [m for m in row_methods([c.method for c in grid.cells if c.kind == "student"])
+               if m in TABLE_METHODS]
     columns = pd.MultiIndex.from_tuples(
         [(get_attack(a).label, dataset_label(d), m) for a in attacks for d in datasets
          for m in METRICS],
@@ -155,6 +160,48 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
                          index=pd.Index([method_label(m) for m in methods], name="method"))
     return Table(name, title, frame, attacks, _labels(datasets), student=student, cells=cells,
                  samples=samples)
+
+
+def beyond_table(grid: Grid, which: str) -> Table | None:
+    """The methods beyond the paper's ten (published since, a plugin's) after CIARD, the
+    paper's method, as the reference; None when the grid has none. Columns (student, dataset,
+    column): Clean and the robust accuracy under PGD_TRADES, AutoAttack and transfer
+    PGD_TRADES, the attacks of these the student cells evaluate; the values are those cells'
+    evaluations, as in the other tables."""
+    student_cells = [c for c in grid.cells if c.kind == "student"]
+    beyond = [m for m in row_methods([c.method for c in student_cells])
+              if m not in TABLE_METHODS]
+    if not beyond:
+        return None
+    methods = (["ciard"] if any(c.method == "ciard" for c in student_cells) else []) + beyond
+    evaluated = {a for c in student_cells for a in c.attacks}
+    attacks = tuple(a for a in BEYOND_COLUMNS if a == "clean" or a in evaluated)
+    students, datasets = students_of(grid), datasets_of(grid)
+    heads = ["Clean" if a == "clean" else get_attack(a).label for a in attacks]
+    columns = pd.MultiIndex.from_tuples(
+        [(STUDENT_LABELS[s], dataset_label(d), h) for s in students for d in datasets
+         for h in heads], names=["student", "dataset", "attack"])
+    rows, cells, samples = [], [], {}
+    for method in methods:
+        label, row = method_label(method), []
+        for student in students:
+            for dataset in datasets:
+                seeds = _cells(grid, "student", dataset, student, label)
+                cells += seeds
+                for attack, head in zip(attacks, heads):
+                    key = (label, (STUDENT_LABELS[student], dataset_label(dataset), head))
+                    samples[key] = seed_samples(grid, seeds, which, attack, "Robust")
+                    row.append(_mean(samples[key]))
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=columns,
+                         index=pd.Index([method_label(m) for m in methods], name="method"))
+    reference = ", after CIARD, the paper's method, as the reference" if "ciard" in methods else ""
+    note = (f"Rows: methods beyond the paper's comparison (Tables 3-6), published since the "
+            f"paper or from a plugin{reference}; each trained and evaluated under the protocol "
+            f"of those tables, its values read from the same cell evaluations as theirs. "
+            f"Columns: Clean, then robust accuracy under {', '.join(heads[1:])}.")
+    return Table("table_beyond", "Beyond the paper (methods published since, and plugins)",
+                 frame, attacks[1:], _labels(datasets), cells=cells, samples=samples, note=note)
 
 
 def ablation_table(grid: Grid, which: str) -> Table | None:
@@ -180,7 +227,9 @@ def ablation_table(grid: Grid, which: str) -> Table | None:
 
 
 def all_tables(grid: Grid, which: str) -> list[Table]:
-    """Tables 2-7 and the AutoAttack table for whatever students the grid has."""
+    """Tables 2-7, the AutoAttack table and the methods beyond the paper (table_beyond) for
+    whatever students the grid has; a table without rows (the student tables of a grid of
+    none of the paper's methods) is left out."""
     tables = [teacher_table(grid, which)]
     numbers = {"resnet18": ("table3", "table5"), "mobilenet_v2": ("table4", "table6")}
     students = students_of(grid)
@@ -205,4 +254,7 @@ def all_tables(grid: Grid, which: str) -> list[Table]:
         tables.append(Table("table_aa", "AutoAttack (added in the rebuttal)", frame, ("aa",),
                             aa[0].datasets, student=None, cells=[c for t in aa for c in t.cells],
                             samples=samples))
-    return sorted(tables, key=lambda t: t.name)
+    beyond = beyond_table(grid, which)
+    if beyond is not None:
+        tables.append(beyond)
+    return sorted((t for t in tables if len(t.frame.index)), key=lambda t: t.name)

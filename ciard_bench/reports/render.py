@@ -48,12 +48,17 @@ def caption(grid: Grid, table: Table, which: str) -> str:
     p = grid.preset
     eps = next((c.config.eps for c in table.cells if c and c.config), 8 / 255)
     data = ", ".join(DATASET_NAMES.get(d, d) for d in table.datasets)
-    parts = [f"{table.title} on {data}."]
-    if table.student:
-        arch, kwargs = p.students[table.student]
-        args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        parts.append(f"Student {STUDENT_LABELS[table.student]} (here {arch}"
-                     f"{f'({args})' if args else ''}).")
+    parts = [f"{table.title} on {data}."] + ([table.note] if table.note else [])
+    students = [table.student] if table.student else []
+    if table.name == "table_beyond":      # its columns span the students: each is named
+        students = list(dict.fromkeys(c.student for c in table.cells))
+    if students:
+        shown = []
+        for student in students:
+            arch, kwargs = p.students[student]
+            args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+            shown.append(f"{STUDENT_LABELS[student]} (here {arch}{f'({args})' if args else ''})")
+        parts.append(f"Student{'s' if len(shown) > 1 else ''} {', '.join(shown)}.")
     parts.append(f"eps = {fraction_text(eps)} (Linf); "
                  + "; ".join(describe_attack(a, eps, p.attack_overrides,
                                            store.transfer_mode(grid))
@@ -65,8 +70,9 @@ def caption(grid: Grid, table: Table, which: str) -> str:
              "best-epoch checkpoints (highest (Clean + PGD_TRADES)/2 on the per-epoch evaluation "
              "subset of the test set, as the released code)" if which == "best" else
              "last-epoch checkpoints")
+    wr = "" if table.name == "table_beyond" else "W-R = (Clean + Robust)/2; "
     parts.append(f"Accuracy in percent on {points}; robust = correct clean and attacked; "
-                 f"W-R = (Clean + Robust)/2; {check}.")
+                 f"{wr}{check}.")
     parts.append(f"{seeds} training seed{'s' if seeds != 1 else ''} per cell"
                  + ("; mean +- std over seeds." if seeds > 1 else
                     "; each value is followed by its 95 % interval [low, high] (Wilson, over "

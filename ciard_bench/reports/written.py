@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-TABLES = ("table2", "table3", "table4", "table5", "table6", "table7", "table_aa")
+TABLES = ("table2", "table3", "table4", "table5", "table6", "table7", "table_aa", "table_beyond")
 
 
 @dataclass

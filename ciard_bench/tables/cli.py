@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    "cifar10, cifar100, digits, tiny_imagenet, npz:PATH)")
     p.add_argument("--students", type=_csv, help="resnet18,mobilenet_v2 (default both)")
     p.add_argument("--methods", type=_csv, help="table rows to run: registered method names "
-                   "(a plugin's too; its rows follow the paper's), or all = every registered "
-                   "method (default: the preset's)")
+                   "(a plugin's too; one beyond the paper's ten is a row of table_beyond), or "
+                   "all = every registered method (default: the preset's)")
     p.add_argument("--checkpoint", choices=("best", "last"), help="checkpoint the tables "
                    "evaluate (default: the preset's, best as the released code)")
     p.add_argument("--transfer-examples", metavar="per-source|per-student",

@@ -31,7 +31,8 @@ from ..written import ReportTable, read_tables
 PAGE = "index.html"
 _STUDENT_OF = {"table3": "resnet18", "table5": "resnet18", "table4": "mobilenet_v2",
                "table6": "mobilenet_v2"}
-_SHORT = {"resnet18": "R18 ", "mobilenet_v2": "MNv2 "}    # link texts in the AutoAttack table
+_BOTH_STUDENTS = ("table_aa", "table_beyond")      # a row's cells: one per student and seed
+_SHORT = {"resnet18": "R18 ", "mobilenet_v2": "MNv2 "}    # their link texts name the student
 
 
 def reductions(record: dict) -> str | None:
@@ -93,7 +94,7 @@ def _table_view(table: ReportTable, reduced: str | None, cells: list[dict]) -> d
     rows = []
     for flat, labels, values in table.rows:
         links = [{"href": "#" + anchor(c["id"]), "title": c["id"],
-                  "text": (_SHORT.get(c["student"], "") if table.base == "table_aa" else "")
+                  "text": (_SHORT.get(c["student"], "") if table.base in _BOTH_STUDENTS else "")
                   + f"s{c['id'].rsplit('seed', 1)[-1]}"}
                  for c in _row_cells(table.base, labels, cells)]
         entries = [{"value": v, "svg": whisker(v.low, v.mean, v.high, *table.ranges[i],
