@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
-                                 reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts "
-                                 "a single-node SLURM; CI runs these tests)")
+_skip_without_slurm = pytest.mark.skipif(
+    shutil.which("sbatch") is None,
+    reason="SLURM's sbatch is not on PATH (.ci/slurm-start starts a single-node SLURM; CI runs "
+    "these tests)")
+
+
+def needs_slurm(test):
+    """Skipped without SLURM; marked ``slurm`` (conftest: these run in one test process)."""
+    return pytest.mark.slurm(_skip_without_slurm(test))
 
 
 def wait_for(what: str, check, timeout: float, poll: float = 0.1):

@@ -19,6 +19,9 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+# slow (-m slow): what the GPU check times (the training step, the evaluation attacks) is
+# checked in test_train.py and test_evaluate.py; this runs the script end to end
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1",

@@ -64,6 +64,9 @@ def test_the_pages_test_of_its_method_passes(tutorial):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+# slow (-m slow): the page's method trains in the cut grids below (locally and on SLURM), and a
+# plugin file's run resumes bit for bit in test_plugins.py and test_plugin_example.py
+@pytest.mark.slow
 def test_the_pages_method_trains_and_resumes_bit_for_bit(tutorial, tmp_path):
     def args(out):
         return ["--plugin", tutorial["plugin"], "--method", tutorial["name"], "--dataset",

@@ -310,6 +310,9 @@ def test_training_step_memory_projects_to_a_batch_not_fitted():
     assert math.isfinite(step["time_check"]["error_pct"]) and step["s"] > 0
 
 
+# slow (-m slow): the rehearsal's cells, stops and report stay checked locally (above), the
+# SLURM launcher's requeue of a preempted job in test_slurm.py
+@pytest.mark.slow
 @needs_slurm
 def test_a_rehearsal_through_slurm_submits_requeues_one_cell_and_reports(tmp_path):
     results = tmp_path / "smoke"

@@ -92,6 +92,9 @@ def _strip_volatile(obj):
     return obj
 
 
+# slow (-m slow): the same kill between attacks, through a grid, and its resume with the same
+# numbers: test_grid_killed_while_evaluating_cells_resumes_with_the_same_numbers_and_no_duplicates
+@pytest.mark.slow
 def test_evaluation_killed_between_attacks_resumes_with_the_same_numbers(tmp_path, run_args):
     torch.manual_seed(0)
     ckpt = tmp_path / "student.pt"

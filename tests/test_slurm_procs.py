@@ -73,6 +73,10 @@ def test_devices_go_to_the_workers_in_groups_of_procs_per_cell(monkeypatch):
     assert seen == "7,5"
 
 
+# slow (-m slow): its parts stay in the default run: a preempted one-process job resumes and
+# equals a local run (test_slurm.py), a two-process run stopped mid-epoch resumes exactly
+# (test_distributed.py), a cell on the real SLURM with two processes (test_plugin_tutorial.py)
+@pytest.mark.slow
 @needs_slurm
 def test_a_two_process_training_job_preempted_mid_epoch_resumes_and_equals_local(tmp_path):
     teachers = []

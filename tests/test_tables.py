@@ -444,6 +444,9 @@ def test_a_failed_cell_is_named_and_the_others_go_on(tmp_path, capsys):
                      "digits/resnet18/sat/seed0": "trained", "digits/resnet18/mtard/seed0": "missing"}
 
 
+# slow (-m slow): two processes equal one with the same global batch (test_distributed.py), a
+# grid cell on two processes (test_plugin_tutorial.py on SLURM, test_rehearsal.py locally)
+@pytest.mark.slow
 def test_two_processes_per_cell_give_the_one_process_tables(tmp_path):
     """``--procs-per-cell 2`` on CPU: the cut grid's training cell runs as 2 gloo processes
     through torchrun (with ``--sync-bn``; given teachers, so one cell trains) and the grid

@@ -346,6 +346,9 @@ def test_cli_trains_with_method_flags(tmp_path, teachers, capsys):
     assert cfg["method_options"] == {"push_temperature": 4.0, "itt": False, "inner": "paper"}
 
 
+# slow (-m slow): that students learn stays checked on the committed smoke study (every student
+# >= 85 % clean, tests/test_committed_results.py), the CIFAR file formats in test_data.py
+@pytest.mark.slow
 @pytest.mark.skipif(not MINI.exists(), reason="../shared/data/cifar10_mini.npz is absent (only in the project's CI)")
 def test_short_ciard_run_on_real_cifar_images_learns(tmp_path):
     data = f"npz:{MINI}"
