@@ -13,13 +13,13 @@ import torch
 from . import plugins
 from .attacks import accuracy
 from .config import TrainConfig, localize
-from .data import load_dataset, to_float_nchw
-from .distributed import Dist, global_batch_norm
+from .data import load_dataset, make_loader, to_float_nchw
+from .distributed import Dist, broadcast_state, global_batch_norm
 from .errors import UserError
 from .faults import kill_point
 from .methods import Context, create_method, get_method
 from .models import create_model, load_teacher
-from .utils import eval_mode
+from .utils import eval_mode, recompute_batch_norm
 
 
 def autocast(cfg: TrainConfig, device):
@@ -111,3 +111,21 @@ def evaluate_epoch(run: Run, epoch: int) -> dict[str, float]:
         metrics.update({f"{prefix}clean_acc": clean, f"{prefix}pgd_trades_acc": robust,
                         f"{prefix}wr": (clean + robust) / 2})
     return metrics
+
+
+def refresh_batch_norm(run: Run, models: list, train_ds: Any, epoch: int, d: Dist) -> None:
+    """The BatchNorm statistics of ``models`` (``Method.batch_norm_refresh``) recomputed by one
+    pass over the training data after epoch ``epoch``: its own order and augmentation (the
+    stream of "epoch" -epoch, unrelated to every training epoch's), no draw from the global
+    random generators, so the training that follows is unchanged. Under torchrun each rank
+    passes its shard; rank 0's statistics are kept, as the student's after each step."""
+    cfg = run.cfg
+    loader = make_loader(train_ds, cfg.batch_size // d.world_size, shuffle=True, seed=cfg.seed,
+                         epoch=-epoch, rank=d.rank, world_size=d.world_size, device=run.device,
+                         num_workers=cfg.num_workers)
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for model in models:
+        batches = (x.to(run.device, non_blocking=True).contiguous(memory_format=memory)
+                   for x, _ in loader)
+        recompute_batch_norm(model, batches)
+        broadcast_state(model, d, params=False)

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from . import plugins
 from .bookkeeping import NonFiniteWeights, accumulate, epoch_means, raise_if_weights_bad  # noqa: F401
-from .build import Run, accuracy, autocast, build, evaluate_epoch  # noqa: F401  (public here too)
+from .build import (Run, accuracy, autocast, build, evaluate_epoch,  # noqa: F401  (public here too)
+                    refresh_batch_norm)
 from .checkpoint import FORMAT, atomic_write_json
 from .config import (TrainConfig, add_method_arguments, add_train_arguments, config_from_args,
                      load_config_file, resolve)
@@ -49,8 +50,7 @@ from .runchecks import NonFiniteLoss, check_first_loss, check_loss, check_resume
 from .runs import RunDir, check_writable, local_path, teacher_identities
 from .schedules import get_schedule
 from .signals import stop_at_look, stop_on_signals
-from .utils import (provenance, recompute_batch_norm, resolve_device, rng_state, seed_everything,
-                    set_rng_state)
+from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("ciard_bench.train")
 LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the device)
@@ -60,7 +60,8 @@ STOP = threading.Event()
 
 
 def _training_state(run: Run, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"format": FORMAT, "arch": _arch(run), "state_dict": run.method.evaluated_student().state_dict(),
+    return {"format": FORMAT, "arch": _arch(run),
+            "state_dict": run.method.evaluated_student().state_dict(),
             "epoch": epoch, "step": step, "method_state": run.method.checkpoint_state(),
             "optimizer": run.optimizer.state_dict(),
             "teacher_optimizers": {k: o.state_dict() for k, o in run.teacher_optimizers.items()},
@@ -246,7 +247,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         method.end_epoch(epoch)
         refresh = method.batch_norm_refresh(epoch)
         if refresh:
-            _refresh_batch_norm(run, refresh, train_ds, epoch, d)
+            refresh_batch_norm(run, refresh, train_ds, epoch, d)
         all_reduce_mean(sums, d)
         record = {"epoch": epoch, "lr": lr, "steps": n_done,
                   **{f"teacher_lr_{t.name}": t.lr_at(epoch) for t in trainings},
@@ -260,7 +261,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             record.update(evaluate_epoch(run, epoch))
             if record["wr"] > best_wr:
                 best_wr = record["wr"]
-                best = {"format": FORMAT, "arch": _arch(run), "state_dict": method.evaluated_student().state_dict(),
+                best = {"format": FORMAT, "arch": _arch(run),
+                        "state_dict": method.evaluated_student().state_dict(),
                         "epoch": epoch, "metrics": {k: record[k] for k in ("clean_acc", "pgd_trades_acc", "wr")},
                         "config": cfg.to_dict()}
         record["time_s"] = round(time.perf_counter() - t0, 3)
@@ -276,23 +278,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     result = _finish(rundir, cfg, history, device, d, in_sync, used) if d.is_main else {}
     teardown(d)   # waits for every rank first
     return result
-
-
-def _refresh_batch_norm(run: Run, models: list, train_ds: ArrayDataset, epoch: int, d: Dist) -> None:
-    """The BatchNorm statistics of ``models`` (``Method.batch_norm_refresh``) recomputed by one
-    pass over the training data after epoch ``epoch``: its own order and augmentation (the
-    stream of "epoch" -epoch, unrelated to every training epoch's), no draw from the global
-    random generators, so the training that follows is unchanged. Under torchrun each rank
-    passes its shard; rank 0's statistics are kept, as the student's after each step."""
-    cfg = run.cfg
-    loader = make_loader(train_ds, cfg.batch_size // d.world_size, shuffle=True, seed=cfg.seed,
-                         epoch=-epoch, rank=d.rank, world_size=d.world_size, device=run.device,
-                         num_workers=cfg.num_workers)
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for model in models:
-        recompute_batch_norm(model, (x.to(run.device, non_blocking=True).contiguous(memory_format=memory)
-                                     for x, _ in loader))
-        broadcast_state(model, d, params=False)
 
 
 def _stop_requested(stop: threading.Event, d: Dist, device: Any) -> bool:

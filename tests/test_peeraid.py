@@ -562,7 +562,6 @@ def test_recompute_batch_norm_is_the_released_bn_update_and_the_weighted_batch_s
 
 def test_the_engine_pass_draws_nothing_from_the_global_generators_and_uses_its_own_order(monkeypatch):
     from ciard_bench import build as build_module
-    from ciard_bench import train as engine
     from ciard_bench.data import ArrayDataset, make_loader
     from ciard_bench.distributed import Dist
     g = torch.Generator().manual_seed(0)
@@ -572,7 +571,7 @@ def test_the_engine_pass_draws_nothing_from_the_global_generators_and_uses_its_o
     model, ref = Tiny(1, C), Tiny(1, C)
     run = Run(cfg, torch.device("cpu"), None, None, None, {}, None, None, None)
     before = torch.get_rng_state()
-    engine._refresh_batch_norm(run, [model], data, 2, Dist())
+    build_module.refresh_batch_norm(run, [model], data, 2, Dist())
     assert torch.equal(before, torch.get_rng_state())
     batches = [x for x, _ in make_loader(data, 4, shuffle=True, seed=3, epoch=-2)]
     assert [len(b) for b in batches] == [4, 4, 2]

@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,13 +34,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import plugins, sanity
-from ..attacks import (PROTOCOL, AutoAttackAdapter, attack_settings, create_attack, get_attack,
-                       list_attacks)
+from ..attacks import PROTOCOL, AutoAttackAdapter, create_attack, get_attack, list_attacks
 from ..checkpoint import atomic_write_json
 from ..errors import UserError, choices_error
 from ..faults import kill_point
 from ..utils import eval_mode, seed_everything, tensor_sha256
 from . import transfer as transfer_mod
+from .scoring import decode_mask, encode_mask, predict, wilson  # noqa: F401  (public here too)
+from .scoring import entry as _entry
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +69,6 @@ class Options:
     transfer_examples: Any = None    # name -> (examples on every point, info); per_source
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95 % Wilson score interval of ``k`` successes in ``n``, in percent."""
-    if n == 0:
-        return [0.0, 100.0]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)]
-
-
-def encode_mask(mask: torch.Tensor) -> str:
-    """Bool tensor -> ``"0110..."`` (one character per example, ``1`` = correct)."""
-    return "".join("1" if v else "0" for v in mask.tolist())
-
-
-def decode_mask(text: str) -> torch.Tensor:
-    """Inverse of :func:`encode_mask`."""
-    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
-
-
 def resolve_attacks(spec: str | Sequence[str], with_source: bool = False) -> list[str]:
     """``"all"`` | ``"pgd_sat,aa"`` | a list -> attack names. ``all`` = white-box + square,
     plus the transfer attacks when a source model is given."""
@@ -106,14 +86,6 @@ def resolve_attacks(spec: str | Sequence[str], with_source: bool = False) -> lis
         raise UserError("no attack given; accepted: all, or a comma list of "
                         + ", ".join(list_attacks()))
     return list(dict.fromkeys(out))
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: Any) -> torch.Tensor:
-    """Predicted labels (CPU) of ``x``, ``batch_size`` at a time."""
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 @contextmanager
@@ -157,19 +129,9 @@ def run_attack(attack: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
             "rescored": rescored, "trusted": trusted, "extra": extra}
 
 
-def _entry(ok: torch.Tensor, clean_acc: float | None = None) -> dict:
-    k, n = int(ok.sum()), len(ok)
-    acc = 100.0 * k / n if n else 0.0
-    out = {"accuracy": acc, "ci95": wilson(k, n), "n": n, "n_correct": k}
-    if clean_acc is not None:
-        out["wr"] = (clean_acc + acc) / 2
-    out["correct"] = encode_mask(ok)
-    return out
-
-
 def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Options):
     if opt.transfer == transfer_mod.PER_SOURCE and get_attack(name).kind == "transfer":
-        return _evaluate_transfer(name, model, x, y, clean_ok, clean_acc, opt)
+        return transfer_mod.evaluate_transfer(name, model, x, y, clean_ok, clean_acc, opt)
     seed_everything(opt.seed)
     over = dict(opt.overrides.get(name, {}))
     if "batch_size" in PROTOCOL[name]:  # AutoAttack batches itself: use ours
@@ -194,32 +156,6 @@ def _evaluate_attack(name: str, model, x, y, clean_ok, clean_acc: float, opt: Op
     checks = [sanity.check_perturbation(name, x[res["idx"]], res["x_adv"], opt.eps),
               sanity.check_rescore(name, res["reported"][keep], res["rescored"][keep])]
     return entry, res["ok"], checks
-
-
-def _evaluate_transfer(name: str, model, x, y, clean_ok, clean_acc: float, opt: Options):
-    """A transfer attack scored on the examples crafted once on the source for every point
-    (:mod:`.transfer`): robust = correct on the clean point and on its example."""
-    if opt.transfer_examples is None:
-        raise UserError(f"attack {name!r} needs a source model to craft examples on "
-                        "(--source PATH or rb:NAME)")
-    examples, info = opt.transfer_examples(name)
-    start = time.perf_counter()
-    scored = predict(model, examples, opt.batch_size, opt.device) == y
-    rescored = predict(model, examples, max(1, opt.batch_size // 2), opt.device) == y
-    elapsed = time.perf_counter() - start
-    ok = scored & clean_ok
-    settings = attack_settings(name, opt.eps, **opt.overrides.get(name, {}))
-    entry = {"name": name, "kind": "transfer", **_entry(ok, clean_acc), "n_attacked": len(y),
-             "time_s": elapsed, "time_per_attacked_s": elapsed / max(1, len(y)),
-             "settings": {**settings, "seed": opt.seed, "examples": transfer_mod.PER_SOURCE,
-                          "examples_sha256": info["examples_sha256"],
-                          "crafted_on_points": len(y)},
-             # seconds the crafting on the source took (once, wherever it ran), its file
-             "crafting": {**({"time_s": info["crafting_s"]} if "crafting_s" in info else {}),
-                          **{k: info[k] for k in ("file", "stored") if k in info}}}
-    checks = [sanity.check_perturbation(name, x, examples, opt.eps),
-              sanity.check_rescore(name, scored, rescored)]
-    return entry, ok, checks
 
 
 def _fingerprint(model, x, y, clean_ok, names, opt: Options) -> str:
@@ -260,36 +196,6 @@ def _restores_modes(fn):
         with eval_mode(model, kwargs.get("source")):
             return fn(model, *args, **kwargs)
     return wrapper
-
-
-def _examples_provider(source, x, y, opt: Options, store: Any, source_id: str | None):
-    """``name -> (examples, info)`` for the per-source transfer attacks: from ``store``
-    (crafted there once, under its lock) or crafted here, each attack at most once."""
-    made: dict[str, tuple[torch.Tensor, dict]] = {}
-
-    def provide(name: str) -> tuple[torch.Tensor, dict]:
-        if name not in made:
-            over = opt.overrides.get(name, {})
-
-            def make(partial: Path | None) -> torch.Tensor:
-                return transfer_mod.craft(name, source, x, y, opt.eps, seed=opt.seed,
-                                          batch_size=opt.batch_size, n_classes=opt.n_classes,
-                                          device=opt.device, overrides=over,
-                                          progress=opt.progress, partial=partial)
-            if store is None or source_id is None:
-                start = time.perf_counter()
-                examples, info = make(None), {"stored": False}
-                info["crafting_s"] = time.perf_counter() - start
-            else:
-                key = transfer_mod.crafting_key(name, x, y, opt.eps, seed=opt.seed,
-                                                batch_size=opt.batch_size,
-                                                n_classes=opt.n_classes, overrides=over,
-                                                source_id=source_id)
-                examples, entry = store.get(key, make)
-                info = {"stored": True, "file": entry["file"], "crafting_s": entry["crafting_s"]}
-            made[name] = examples, {**info, "examples_sha256": tensor_sha256(examples)}
-        return made[name]
-    return provide
 
 
 @_restores_modes
@@ -409,7 +315,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   aa_state=aa_state, overrides=dict(overrides or {}), progress=progress,
                   transfer=transfer_mod.check_mode(transfer))
     if source is not None:
-        opt.transfer_examples = _examples_provider(source, x, y, opt, transfer_store, source_id)
+        opt.transfer_examples = transfer_mod.examples_provider(source, x, y, opt, transfer_store,
+                                                               source_id)
     checks = preflight_checks(model, x, y, batch_size=opt.batch_size, n_classes=opt.n_classes,
                               device=opt.device)
     clean_ok = predict(model, x, batch_size, device) == y

@@ -34,11 +34,13 @@ from typing import Any, Callable, ContextManager
 import torch
 from tqdm.auto import tqdm
 
+from .. import sanity
 from ..attacks import attack_settings, create_attack, get_attack
 from ..checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint, sha256_file
 from ..errors import UserError, choices_error
 from ..faults import kill_point
 from ..utils import eval_mode, rng_state, seed_everything, set_rng_state, tensor_sha256
+from .scoring import entry, predict
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +186,58 @@ class TransferStore:
             atomic_write_json(self.folder / RECORD, record)
             partial.unlink(missing_ok=True)
             return examples, entry
+
+
+def examples_provider(source, x, y, opt: Any, store: Any, source_id: str | None):
+    """``name -> (examples, info)`` for the per-source transfer attacks: from ``store``
+    (crafted there once, under its lock) or crafted here, each attack at most once."""
+    made: dict[str, tuple[torch.Tensor, dict]] = {}
+
+    def provide(name: str) -> tuple[torch.Tensor, dict]:
+        if name not in made:
+            over = opt.overrides.get(name, {})
+
+            def make(partial: Path | None) -> torch.Tensor:
+                return craft(name, source, x, y, opt.eps, seed=opt.seed,
+                             batch_size=opt.batch_size, n_classes=opt.n_classes,
+                             device=opt.device, overrides=over, progress=opt.progress,
+                             partial=partial)
+            if store is None or source_id is None:
+                start = time.perf_counter()
+                examples, info = make(None), {"stored": False}
+                info["crafting_s"] = time.perf_counter() - start
+            else:
+                key = crafting_key(name, x, y, opt.eps, seed=opt.seed, batch_size=opt.batch_size,
+                                   n_classes=opt.n_classes, overrides=over,
+                                   source_id=source_id)
+                examples, entry = store.get(key, make)
+                info = {"stored": True, "file": entry["file"], "crafting_s": entry["crafting_s"]}
+            made[name] = examples, {**info, "examples_sha256": tensor_sha256(examples)}
+        return made[name]
+    return provide
+
+
+def evaluate_transfer(name: str, model, x, y, clean_ok, clean_acc: float, opt: Any):
+    """A transfer attack scored on the examples crafted once on the source for every point
+    (``opt``: the engine's ``Options``): robust = correct on the clean point and on its example."""
+    if opt.transfer_examples is None:
+        raise UserError(f"attack {name!r} needs a source model to craft examples on "
+                        "(--source PATH or rb:NAME)")
+    examples, info = opt.transfer_examples(name)
+    start = time.perf_counter()
+    scored = predict(model, examples, opt.batch_size, opt.device) == y
+    rescored = predict(model, examples, max(1, opt.batch_size // 2), opt.device) == y
+    elapsed = time.perf_counter() - start
+    ok = scored & clean_ok
+    settings = attack_settings(name, opt.eps, **opt.overrides.get(name, {}))
+    result = {"name": name, "kind": "transfer", **entry(ok, clean_acc), "n_attacked": len(y),
+             "time_s": elapsed, "time_per_attacked_s": elapsed / max(1, len(y)),
+             "settings": {**settings, "seed": opt.seed, "examples": PER_SOURCE,
+                          "examples_sha256": info["examples_sha256"],
+                          "crafted_on_points": len(y)},
+             # seconds the crafting on the source took (once, wherever it ran), its file
+             "crafting": {**({"time_s": info["crafting_s"]} if "crafting_s" in info else {}),
+                          **{k: info[k] for k in ("file", "stored") if k in info}}}
+    checks = [sanity.check_perturbation(name, x, examples, opt.eps),
+              sanity.check_rescore(name, scored, rescored)]
+    return result, ok, checks

@@ -56,7 +56,6 @@ from ..checkpoint import atomic_write_json
 from ..config import changed_settings, resolve
 from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
-from ..attacks import get_attack
 from ..evaluate import evaluate, predict, transfer, wilson
 from ..models import load_model_file, load_teacher
 from ..runs import RunDir, teacher_sha256
@@ -66,6 +65,7 @@ from . import migrate, rehearsal
 from .cells import Cell, Grid
 from .locks import LOCK_DIR, file_lock
 from .procs import train_processes
+from .transfers import has_transfer, transfer_mode, transfer_store
 
 log = logging.getLogger("ciard_bench.tables")
 DONE, TRAINED, PARTIAL, MISSING, BLOCKED = "done", "trained", "partial", "missing", "blocked"
@@ -154,48 +154,21 @@ def _check_relocatable(grid: Grid, cell: Cell, saved: dict[str, Any]) -> None:
                 f"{shlex.quote(str(grid.results))} --migrate-paths")
 
 
-def transfer_mode(grid: Grid) -> str:
-    """How the grid's transfer examples are made: ``per_source`` (crafted once per source
-    and shared, the default) or ``per_student`` (the released way)."""
-    return grid.settings.get("transfer_examples", transfer.DEFAULT)
-
-
-def folder_transfer_mode(results: Path, asked: str | None) -> str:
-    """The transfer mode of a run on ``results``: ``asked`` when given, else what its
-    ``grid.json`` recorded; a folder evaluated before the mode existed was evaluated per
-    student and stays so, a new folder gets the default (per source)."""
-    if asked is not None:
-        return transfer.check_mode(asked)
-    recorded = read_json(Path(results) / "grid.json")
-    if recorded is None:
-        return transfer.DEFAULT
-    mode = recorded.get("settings", {}).get("transfer_examples")
-    if mode is None:
-        log.info("%s was evaluated before transfer examples could be shared: its transfer "
-                 "attacks stay crafted per student (--transfer-examples per-source re-evaluates "
-                 "them once per source)", results)
-        return transfer.PER_STUDENT
-    return transfer.check_mode(mode)
-
-
-def _has_transfer(cell: Cell) -> bool:
-    return bool(cell.source) and any(get_attack(a).kind == "transfer" for a in cell.attacks)
-
-
 def eval_key(grid: Grid, cell: Cell, which: str) -> dict[str, Any]:
     """Everything an evaluation result depends on; a stored result with another key is stale.
     (Results evaluated before transfer examples could be shared have no ``transfer_examples``
     in their key: they were made per student, and stay valid for that mode.)"""
     p = grid.preset
-    shared = _has_transfer(cell) and transfer_mode(grid) == transfer.PER_SOURCE
-    return {**({"transfer_examples": transfer.PER_SOURCE} if shared else {}),"attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": cell.seed,
+    shared = has_transfer(cell) and transfer_mode(grid) == transfer.PER_SOURCE
+    return {**({"transfer_examples": transfer.PER_SOURCE} if shared else {}),
+            "attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": cell.seed,
             "eps": cell.config.eps if cell.config else 8 / 255, "which": which,
             "overrides": {a: p.attack_overrides[a] for a in cell.attacks
                           if a in p.attack_overrides},
             "sanity_examples": p.sanity_examples if cell.kind != "ablation" else None,
             "checkpoint": _checkpoint_id(grid, cell, which), "spec": cell.spec,
             "source": _checkpoint_id(grid, grid.by_id()[cell.source], "best")
-            if _has_transfer(cell) else None}
+            if has_transfer(cell) else None}
 
 
 def _checkpoint_id(grid: Grid, cell: Cell, which: str) -> str | None:
@@ -292,7 +265,7 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     x, y = to_float_nchw(data.x_test[:n]).contiguous(), data.y_test[:n]
     model = _model(grid, cell, which, data.num_classes, device)
     source = store = None
-    if _has_transfer(cell):
+    if has_transfer(cell):
         source_cell = grid.by_id()[cell.source]
         source = _model(grid, source_cell, "best", data.num_classes, device)
         store = transfer_store(grid, source_cell)
@@ -321,17 +294,6 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     cache.unlink(missing_ok=True)
     _record_timing(grid, cell, eval_s=seconds)
     return seconds
-
-
-def transfer_store(grid: Grid, source: Cell) -> transfer.TransferStore:
-    """The transfer examples crafted on ``source``, kept in its run folder. Crafting holds
-    the source's transfer lock (``.locks/runs/<source id>.transfer.lock``), inside the
-    evaluated cell's lock: sources are teachers, which take no other cell's lock, so the
-    order is always student, then source, and no two processes wait on each other."""
-    lock = grid.results / LOCK_DIR / "runs" / f"{source.id}.transfer.lock"
-    return transfer.TransferStore(
-        grid.run_dir(source),
-        lock=lambda: file_lock(lock, f"transfer examples of {source.id}"))
 
 
 def _clean_accuracy(model: Any, data: Any, batch_size: int, device: Any) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any
 from ..attacks import attack_settings, get_attack
 from ..config import resolve
 from ..data import load_dataset
-from ..grid import runner, store
+from ..grid import runner, store, transfers
 from ..grid.cells import Cell, Grid
 
 GB = 1e9
@@ -211,7 +211,7 @@ def _evaluation(real: Grid, grid: Grid, cell: Cell, real_cell: Cell, records: di
     source = _per_point(records.get(cell.source, {}).get("passes"), p.eval_batch_size) \
         if cell.source else {}
     ran = (store.read_json(store.eval_path(grid, cell, p.checkpoint)) or {}).get("attacks", {})
-    shared = store.transfer_mode(real) == "per_source"
+    shared = transfers.transfer_mode(real) == "per_source"
     attacks = {}
     for name in real_cell.attacks:
         k = attack_passes(name, eps, classes, p.attack_overrides.get(name, {}))

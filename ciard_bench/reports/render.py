@@ -18,7 +18,7 @@ from ..attacks import describe_attack, get_attack, list_attacks
 from ..checkpoint import atomic_write_text
 from ..utils import fraction_text
 from .frames import Table
-from ..grid import store
+from ..grid import transfers
 from ..grid.cells import Grid
 from ..grid.presets import ABLATIONS, STUDENT_LABELS
 from .stats import MARK_RULE, Entry, entry, marks
@@ -61,7 +61,7 @@ def caption(grid: Grid, table: Table, which: str) -> str:
         parts.append(f"Student{'s' if len(shown) > 1 else ''} {', '.join(shown)}.")
     parts.append(f"eps = {fraction_text(eps)} (Linf); "
                  + "; ".join(describe_attack(a, eps, p.attack_overrides,
-                                           store.transfer_mode(grid))
+                                           transfers.transfer_mode(grid))
                             for a in table.attacks)
                  + ".")
     points = f"the first {p.n_examples} test points" if p.n_examples else "the whole test set"

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ArgumentParser, UserError, cli_main
 from ..utils import positive_int
-from ..grid import launchers, migrate, rehearsal, runner, slurm, store
+from ..grid import launchers, migrate, rehearsal, runner, slurm, store, transfers
 from ..reports import figures, render
 from ..reports import rehearsal as rehearsal_report
 from ..reports.frames import all_tables
@@ -264,8 +264,9 @@ def _run(argv: list[str] | None) -> int:
                       settings={"device": device, "data_root": args.data_root,
                                 "download": args.download, "model_dir": args.model_dir,
                                 "overrides": changed,
-                                "transfer_examples": store.folder_transfer_mode(
-                                    results, args.transfer_examples),
+                                "transfer_examples": transfers.folder_transfer_mode(
+                                    results, store.read_json(results / "grid.json"),
+                                    args.transfer_examples),
                                 **({"procs_per_cell": procs} if procs > 1 else {})},
                       seeds=args.seeds)
     which = preset.checkpoint
