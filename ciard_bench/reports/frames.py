@@ -54,6 +54,7 @@ class Table:
     cells: list[Cell] = field(default_factory=list)
     samples: dict = field(default_factory=dict)   # (frame row, frame column) -> [Sample]
     note: str = ""                   # caption sentence after the title: what the table is
+    has_wr: bool = True              # columns include W-R = (Clean + Robust)/2 (caption says so)
 
 
 def _eval(grid: Grid, cell: Cell | None, which: str) -> dict[str, Any] | None:
@@ -201,7 +202,8 @@ def beyond_table(grid: Grid, which: str) -> Table | None:
             f"of those tables, its values read from the same cell evaluations as theirs. "
             f"Columns: Clean, then robust accuracy under {', '.join(heads[1:])}.")
     return Table("table_beyond", "Beyond the paper (methods published since, and plugins)",
-                 frame, attacks[1:], _labels(datasets), cells=cells, samples=samples, note=note)
+                 frame, attacks[1:], _labels(datasets), cells=cells, samples=samples, note=note,
+                 has_wr=False)
 
 
 def ablation_table(grid: Grid, which: str) -> Table | None:

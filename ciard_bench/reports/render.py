@@ -70,7 +70,7 @@ def caption(grid: Grid, table: Table, which: str) -> str:
              "best-epoch checkpoints (highest (Clean + PGD_TRADES)/2 on the per-epoch evaluation "
              "subset of the test set, as the released code)" if which == "best" else
              "last-epoch checkpoints")
-    wr = "" if table.name == "table_beyond" else "W-R = (Clean + Robust)/2; "
+    wr = "W-R = (Clean + Robust)/2; " if table.has_wr else ""
     parts.append(f"Accuracy in percent on {points}; robust = correct clean and attacked; "
                  f"{wr}{check}.")
     parts.append(f"{seeds} training seed{'s' if seeds != 1 else ''} per cell"
