@@ -72,3 +72,24 @@ def test_a_grid_of_the_papers_methods_only_writes_no_beyond_table(grid_run, tmp_
     assert _rows(copy / "table3.md") == ["SAT", "CIARD"]
     assert not list(copy.glob("table_beyond*"))
     assert "table_beyond" not in (copy / "index.html").read_text()
+
+
+def test_the_cpu_quick_and_paper_grids_train_the_methods_beyond_the_paper(tmp_path):
+    """The presets' grids hold the paper's ten rows and then IAD (both), the Fair variants and
+    PeerAiD on every student; the smoke keeps its three; each beyond method is registered and
+    none is among the paper's rows, so Tables 3-6 cannot gain one."""
+    from ciard_bench.grid.cells import build_grid
+    from ciard_bench.grid.presets import BEYOND_METHODS, TABLE_METHODS, get_preset
+    from ciard_bench.methods import list_methods
+    assert BEYOND_METHODS == ("iad_i", "iad_ii", "fair_rslad", "fair_mtard", "fair_iad",
+                              "peeraid")
+    assert set(BEYOND_METHODS) <= set(list_methods()) and not set(BEYOND_METHODS) & set(TABLE_METHODS)
+    for name in ("cpu", "quick", "paper"):
+        preset = get_preset(name)
+        assert preset.methods == TABLE_METHODS + BEYOND_METHODS, name
+        grid = build_grid(preset, tmp_path / name)
+        students = [c for c in grid.cells if c.kind == "student"]
+        per_seed = len(preset.datasets) * len(preset.students)
+        for method in BEYOND_METHODS:
+            assert sum(c.method == method for c in students) == per_seed * preset.seeds, name
+    assert get_preset("smoke").methods == ("sat", "mtard", "ciard")
