@@ -29,8 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import (atomic_write_json, atomic_write_text, json_text, load_checkpoint,
-                         save_checkpoint, sha256_file)
+from .checkpoint import (atomic_write_json, atomic_write_text, cached_sha256, json_text,
+                         load_checkpoint, save_checkpoint)
 from .errors import UserError
 
 
@@ -162,7 +162,7 @@ def teacher_sha256(spec: str | None, results: str | Path | None = None) -> str |
     if not Path(path).exists():
         return None                 # the loader says what is wrong with it
     file, sha = resolve_checkpoint(path, "best")
-    return sha or sha256_file(file)
+    return sha or cached_sha256(file)
 
 
 def teacher_identities(cfg: Any, results: str | Path | None = None) -> dict[str, str]:

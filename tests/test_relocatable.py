@@ -418,3 +418,49 @@ def test_a_run_resumes_with_its_teacher_files_moved_and_refuses_changed_ones(tmp
     assert refused.stderr.strip().splitlines()[-1].startswith(
         f"error: --resume: the robust_teacher file {moved['robust_teacher']!r} is not the one "
         f"the run in {str(tmp_path / 'run2')!r} began with")
+
+
+def test_a_grid_of_teacher_files_moved_with_its_folder_evaluates_nothing_again(tmp_path):
+    """A grid whose teachers are files the user gave (not trained by it): its evaluation keys
+    name each file by its sha256, so the results folder and the files moved elsewhere (another
+    path given) find every cell done and render the same tables; other weights under the
+    same path make the teacher's evaluation stale. A key written before, with the path as
+    given, is still accepted where that path is given (it cannot tell the file's content,
+    as before)."""
+    files = _teacher_files(tmp_path / "here")
+    grid = ["--methods", "sat", "--only", "teacher,student"]
+    given = ["--clean-teacher", files["clean_teacher"], "--robust-teacher", files["robust_teacher"]]
+    results = tmp_path / "results"
+    code, out, err = _main(*TINY, *grid, *given, "--results-dir", str(results))
+    assert code == 0, out + err[-2000:]
+    ev = json.loads((results / "runs" / "digits" / "teachers" / "robust" / "seed0" /
+                     "eval-best.json").read_text())["tables_key"]
+    assert ev["spec"] == ev["checkpoint"] and ev["spec"].startswith("sha256:")
+    assert files["robust_teacher"] not in json.dumps(ev)
+
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    moved = [v.replace(f"{os.sep}here{os.sep}", f"{os.sep}there{os.sep}") for v in given]
+    copy = _copy(results, tmp_path / "elsewhere" / "results")
+    code, out, err = _main(*TINY, *grid, *moved, "--results-dir", str(copy), cwd=tmp_path)
+    assert code == 0, out + err[-2000:]
+    assert "trained 0, evaluated 0" in out
+    assert {k: v for k, v in _rendered(copy).items() if k != "grid.json"} == \
+        {k: v for k, v in _rendered(results).items() if k != "grid.json"}
+
+    # other weights under the path: the robust teacher is evaluated again, the clean one not
+    teacher = copy / "runs" / "digits" / "teachers"
+    path = teacher / "robust" / "seed0" / "eval-best.json"
+    clean = (teacher / "clean" / "seed0" / "eval-best.json").read_bytes()
+    _teacher_files(tmp_path / "there", robust_seed=3)
+    code, out, err = _main(*TINY, *grid, *moved, "--results-dir", str(copy), cwd=tmp_path)
+    assert code == 0, out + err[-2000:]
+    key = json.loads(path.read_text())["tables_key"]
+    assert key["spec"].startswith("sha256:") and key["spec"] != ev["spec"]
+    assert (teacher / "clean" / "seed0" / "eval-best.json").read_bytes() == clean
+
+    # a key written before (the path as given) is still accepted where that path is given
+    record = json.loads(path.read_text())
+    record["tables_key"].update(spec=moved[3], checkpoint=moved[3])
+    path.write_text(json.dumps(record))
+    code, out, err = _main(*TINY, *grid, *moved, "--results-dir", str(copy), cwd=tmp_path)
+    assert code == 0 and "trained 0, evaluated 0" in out, out + err[-2000:]
