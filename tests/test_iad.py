@@ -311,7 +311,8 @@ def test_attack_objective_start_and_mode(name, mode, monkeypatch):
         seen.update(counts=counts, value=value, hand=sum(ce(s0[i], y[i]) for i in range(len(y))))
         return real(loss_fn, x_in, **kw)
 
-    monkeypatch.setattr(sys.modules[type(m).__module__], "pgd", spy)
+    # the attack is ARD's (methods/ard.py, StudentCEAttack): spy where it calls pgd
+    monkeypatch.setattr(sys.modules[type(m)._adversarial.__module__], "pgd", spy)
     m(x, y)
     assert seen["start"] == "uniform" and not seen.get("clamp_start", False)
     assert seen["training"] == (mode == "train")

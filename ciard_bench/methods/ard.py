@@ -31,22 +31,14 @@ from torch import Tensor
 from ..api import Method, cross_entropy_sum, eval_mode, kl_per_sample, option, pgd, register_method
 
 
-@register_method
-class ARD(Method):
-    name = "ard"
-    label = "ARD"
-    description = "robust distillation: KL at temperature 30 from the teacher's clean output to the student's PGD output"
-    paper = "Adversarially Robust Distillation (AAAI 2020)"
-    teachers = ("robust_teacher",)
-    train_defaults = {"epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-                      "weight_decay": 2e-4, "schedule": "ard_released"}
+ATTACK_MODE_HELP = "student mode during the attack: train (released; BN statistics move) or eval"
 
-    @dataclass
-    class Options:
-        temperature: float = option(30.0, "distillation temperature T")
-        kl_weight: float = option(1.0, "the code's alpha: weight of the KL term; 1 - it weighs CE(f_S(x), y)")
-        attack_mode: str = option("train", "student mode during the attack: train (released; BN "
-                                  "statistics move) or eval", ("train", "eval"))
+
+class StudentCEAttack:
+    """The training attack of ARD and IAD (both releases' ``AttackPGD``): PGD on the student's
+    cross-entropy summed over the batch, from x + U(-eps, eps) unclamped, with the student in
+    ``opts.attack_mode`` (train as released). A mixin of a :class:`Method` whose options have
+    ``attack_mode``."""
 
     def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
         """Sees the student's logits at every attack iterate (the class re-weighting of
@@ -64,6 +56,23 @@ class ARD(Method):
         with mode:
             return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
                        start="uniform", shard=self.ctx.dist)
+
+
+@register_method
+class ARD(StudentCEAttack, Method):
+    name = "ard"
+    label = "ARD"
+    description = "robust distillation: KL at temperature 30 from the teacher's clean output to the student's PGD output"
+    paper = "Adversarially Robust Distillation (AAAI 2020)"
+    teachers = ("robust_teacher",)
+    train_defaults = {"epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+                      "weight_decay": 2e-4, "schedule": "ard_released"}
+
+    @dataclass
+    class Options:
+        temperature: float = option(30.0, "distillation temperature T")
+        kl_weight: float = option(1.0, "the code's alpha: weight of the KL term; 1 - it weighs CE(f_S(x), y)")
+        attack_mode: str = option("train", ATTACK_MODE_HELP, ("train", "eval"))
 
     def _sample_weights(self, y: Tensor) -> Tensor | None:
         """Per-sample loss weights (none for ARD; the class weights of ``fairness.py``)."""

@@ -66,7 +66,6 @@ declares ``--beta`` twice and cannot start; it had ``--begin 40``).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -74,12 +73,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..api import (Method, cross_entropy_sum, eval_mode, kl_per_sample, milestone, option, pgd,
-                   register_method)
+from ..api import Method, kl_per_sample, milestone, option, register_method
+from .ard import ATTACK_MODE_HELP, StudentCEAttack
 
 RELEASED_EPOCHS = 200
 BETA_HELP = "exponent of the teacher's probability of the true label on x' (the trust weight a_i)"
-ATTACK_MODE_HELP = "student mode during the attack: train (released; BN statistics move) or eval"
 SELF_TARGET_HELP = ("the introspection target softmax(f_S(x)) keeps its gradient (released); "
                     "--no-self-target-grad detaches it")
 
@@ -91,7 +89,7 @@ def scaled_begin(begin_of_200: int, epochs: int) -> int:
     return 0 if begin_of_200 <= 0 else milestone(begin_of_200 * 300 / RELEASED_EPOCHS, epochs)
 
 
-class IntrospectiveDistillation(Method):
+class IntrospectiveDistillation(StudentCEAttack, Method):
     """What IAD-I and IAD-II share: the attack, the trust weights and the warm-up."""
 
     released_begin: ClassVar[int] = 0        # the script's --begin (0-indexed epoch of 200)
@@ -108,22 +106,6 @@ class IntrospectiveDistillation(Method):
     def begin_epoch(self, epoch: int) -> None:
         # Idempotent (a resume calls it again); the code's 0-indexed epoch >= begin.
         self.introspecting = epoch > self.introspection_after
-
-    def _on_attack_logits(self, logits: Tensor, y: Tensor) -> None:
-        """Sees the student's logits at every attack iterate (Fair-IAD counts correct ones)."""
-
-    def _adversarial(self, x: Tensor, y: Tensor) -> Tensor:
-        student = self.student
-
-        def loss_fn(xa: Tensor) -> Tensor:
-            logits = student(xa)
-            self._on_attack_logits(logits.detach(), y)
-            return cross_entropy_sum(logits, y)
-
-        mode = eval_mode(student) if self.opts.attack_mode == "eval" else contextlib.nullcontext()
-        with mode:
-            return pgd(loss_fn, x, eps=self.ctx.eps, alpha=self.ctx.alpha, steps=self.ctx.steps,
-                       start="uniform", shard=self.ctx.dist)
 
     def _trust(self, z_guide: Tensor, y: Tensor) -> Tensor:
         """a_i = softmax(f_T(x'))_{i, y_i} ^ beta, without gradient (float32, as the code's)."""
