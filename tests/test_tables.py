@@ -197,7 +197,7 @@ def test_shards_cover_the_grid_exactly_once(tmp_path):
     assert len(ids) == len(set(ids)) == 10         # 2 teachers, 3 methods x 2 students, 2 ablations
     assert {c.config.dataset for c in grid.cells} == {"digits"}
     paper = build_grid(get_preset("paper"), tmp_path / "paper")
-    assert len(paper.cells) == 46 and not paper.by_id()["cifar100/teachers/robust/seed0"].trained
+    assert len(paper.cells) == 70 and not paper.by_id()["cifar100/teachers/robust/seed0"].trained
     assert all(c.config.dataset == c.dataset for c in paper.cells if c.trained)
     ciard = paper.by_id()["cifar100/resnet18/ciard/seed0"]
     assert ciard.config.robust_teacher == "rb:Gowal2020Uncovering"

@@ -164,7 +164,7 @@ def method_table(grid: Grid, which: str, name: str, title: str, student: str,
 
 
 def beyond_table(grid: Grid, which: str) -> Table | None:
-    """The methods beyond the paper's ten (published since, a plugin's) after CIARD, the
+    """The methods beyond the paper's ten (others of the field, a plugin's) after CIARD, the
     paper's method, as the reference; None when the grid has none. Columns (student, dataset,
     column): Clean and the robust accuracy under PGD_TRADES, AutoAttack and transfer
     PGD_TRADES, the attacks of these the student cells evaluate; the values are those cells'
@@ -197,11 +197,11 @@ def beyond_table(grid: Grid, which: str) -> Table | None:
     frame = pd.DataFrame(rows, columns=columns,
                          index=pd.Index([method_label(m) for m in methods], name="method"))
     reference = ", after CIARD, the paper's method, as the reference" if "ciard" in methods else ""
-    note = (f"Rows: methods beyond the paper's comparison (Tables 3-6), published since the "
-            f"paper or from a plugin{reference}; each trained and evaluated under the protocol "
+    note = (f"Rows: methods the paper does not compare with (Tables 3-6), from the field or "
+            f"from a plugin{reference}; each trained and evaluated under the protocol "
             f"of those tables, its values read from the same cell evaluations as theirs. "
             f"Columns: Clean, then robust accuracy under {', '.join(heads[1:])}.")
-    return Table("table_beyond", "Beyond the paper (methods published since, and plugins)",
+    return Table("table_beyond", "Beyond the paper's comparison (other methods, and plugins)",
                  frame, attacks[1:], _labels(datasets), cells=cells, samples=samples, note=note,
                  has_wr=False)
 
