@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -179,6 +180,15 @@ def test_a_rehearsal_killed_in_its_stopped_run_resumes_and_passes(tmp_path):
     record = _record(run)
     assert {k: record["stopped"][k] for k in ("epoch", "step")} == {"epoch": 2, "step": 1}
     assert record["resumed"]["exact"]
+    # the same folder without its run folders (as committed, or copied): a new rehearsal,
+    # whose wall time and grid.json count only its own invocation
+    folder = tmp_path / "smoke-rehearsal"
+    shutil.rmtree(folder / "runs")
+    anew = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert anew.returncode == 0, anew.stdout[-800:] + anew.stderr[-800:]
+    runs = json.loads((folder / "grid.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["trained"] == 2
+    assert json.loads((folder / "rehearsal.json").read_text())["wall_s"] == runs[0]["wall_s"]
 
 
 def test_a_planted_failure_fails_its_cells_alone_with_one_line(tmp_path, monkeypatch):

@@ -86,6 +86,11 @@ def prepare(real: Grid, folder: Path, teacher_specs: dict | None = None) -> tupl
     if folder.resolve() == real.results.resolve():
         raise UserError(f"a rehearsal never writes into the real results folder {str(folder)!r}; "
                         "choose another --results-dir")
+    if not (folder / "runs").exists() and (folder / "grid.json").exists():
+        # a rehearsal that has no run folder starts anew: the invocations a committed or
+        # copied grid.json records were of run folders that are gone, and the report's wall
+        # time (the sum of the recorded invocations') must not count them
+        (folder / "grid.json").unlink()
     s = real.settings
     names = list(dict.fromkeys(c.dataset for c in real.cells))
     datasets, plan = {}, {"datasets": {}, "teachers": {}, "cells": {}}
