@@ -56,13 +56,14 @@ from ..checkpoint import atomic_write_json
 from ..config import changed_settings, resolve
 from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
-from ..evaluate import evaluate, predict, transfer, wilson
+from ..evaluate import evaluate, predict, wilson
 from ..models import load_model_file, load_teacher
-from ..runs import RunDir, local_path, teacher_sha256
+from ..runs import RunDir, teacher_sha256
 from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from . import migrate, rehearsal
 from .cells import Cell, Grid
+from .keys import eval_key
 from .locks import LOCK_DIR, file_lock
 from .procs import train_processes
 from .transfers import has_transfer, transfer_mode, transfer_store
@@ -152,46 +153,6 @@ def _check_relocatable(grid: Grid, cell: Cell, saved: dict[str, Any]) -> None:
                 f"{saved[key]!r} (written before results folders could move); rewrite the "
                 f"folder once: python -m ciard_bench.tables --results-dir "
                 f"{shlex.quote(str(grid.results))} --migrate-paths")
-
-
-def eval_key(grid: Grid, cell: Cell, which: str, by_content: bool = True) -> dict[str, Any]:
-    """Everything an evaluation result depends on; a stored result with another key is stale.
-    A teacher given as a file (``PATH``, ``ARCH=PATH``) enters by its content's sha256, so the
-    file may move (another machine, another path given) without an evaluation made again;
-    ``rb:NAME`` enters by its name. (``by_content=False``: the key as written before, with the
-    path as given, still accepted by :func:`status`. Results evaluated before transfer
-    examples could be shared have no ``transfer_examples`` in their key: they were made per
-    student, and stay valid for that mode.)"""
-    p = grid.preset
-    shared = has_transfer(cell) and transfer_mode(grid) == transfer.PER_SOURCE
-    ident = functools.partial(_checkpoint_id, grid, by_content=by_content)
-    return {**({"transfer_examples": transfer.PER_SOURCE} if shared else {}),
-            "attacks": list(cell.attacks), "n_examples": p.n_examples, "seed": cell.seed,
-            "eps": cell.config.eps if cell.config else 8 / 255, "which": which,
-            "overrides": {a: p.attack_overrides[a] for a in cell.attacks
-                          if a in p.attack_overrides},
-            "sanity_examples": p.sanity_examples if cell.kind != "ablation" else None,
-            "checkpoint": ident(cell, which),
-            "spec": _spec_id(grid, cell.spec) if by_content else cell.spec,
-            "source": ident(grid.by_id()[cell.source], "best") if has_transfer(cell) else None}
-
-
-def _spec_id(grid: Grid, spec: str | None) -> str | None:
-    """An external teacher as an evaluation key holds it: a file by ``sha256:HEX`` (with its
-    ``ARCH=`` when given so), ``rb:NAME`` and a file that cannot be read as given."""
-    sha = teacher_sha256(spec, grid.results)
-    if sha is None:
-        return spec
-    arch, sep, _ = str(spec).partition("=")
-    named = sep and not Path(local_path(str(spec), grid.results)).exists()
-    return f"{arch}=sha256:{sha}" if named else f"sha256:{sha}"
-
-
-def _checkpoint_id(grid: Grid, cell: Cell, which: str, by_content: bool = True) -> str | None:
-    if not cell.trained:
-        return _spec_id(grid, cell.spec) if by_content else cell.spec
-    entry = RunDir(grid.run_dir(cell)).read_state().get("best" if cell.kind == "teacher" else which)
-    return entry["sha256"] if entry else None
 
 
 def status(grid: Grid, cell: Cell, which: str) -> str:
