@@ -264,17 +264,21 @@ def test_a_folder_keeps_its_mode_and_the_switch_re_evaluates_per_student(grid_ru
     before = (copy / "table5.md").read_text()
     assert main([*TINY, "--results-dir", str(copy), "--render-only"]) == 0
     assert (copy / "table5.md").read_text() == before
-    threads = torch.get_num_threads()
-    try:
-        assert main([*TINY, "--results-dir", str(copy), "--transfer-examples", "per-student"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    was = {cell: _eval(copy, cell) for cell in STUDENTS}
+    timing = {cell: json.loads((copy / "runs" / cell / "cell.json").read_text())
+              for cell in STUDENTS}
+    attacked = _switch_mode(copy, "per-student")
+    # only the transfer attacks ran again: the others are the stored ones, taken as they were
+    assert sorted(attacked) == sorted(["transfer_pgd_trades", "transfer_cw_inf"] * 2)
     for cell in STUDENTS:
         ev = _eval(copy, cell)
         assert "transfer_examples" not in ev["tables_key"]
         entry = ev["attacks"]["transfer_pgd_trades"]
         assert entry["settings"]["examples"] == "per_student"
         assert entry["n_attacked"] == round(ev["clean"]["accuracy"] * 24 / 100)
+        _assert_only_transfer_changed(was[cell], ev)
+        after = json.loads((copy / "runs" / cell / "cell.json").read_text())
+        assert after["eval_s"] == timing[cell]["eval_s"] and after["eval_rerun_s"] > 0
     assert "crafted on the robust teacher)" in (copy / "table5.md").read_text()
     grid = json.loads((copy / "grid.json").read_text())
     del grid["settings"]["transfer_examples"]          # as written before the mode existed
@@ -287,3 +291,81 @@ def test_a_folder_keeps_its_mode_and_the_switch_re_evaluates_per_student(grid_ru
                  "--transfer-examples", "twice"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: unknown transfer examples 'twice'; accepted: per-source, per-student")
+
+
+def _switch_mode(results: Path, mode: str) -> list[str]:
+    """Run the tiny grid on ``results`` with ``--transfer-examples mode``; the attacks run."""
+    from ciard_bench.evaluate import engine
+    from ciard_bench.tables import main
+    attacked: list[str] = []
+    real = engine._evaluate_attack
+
+    def counted(name, *args, **kwargs):
+        attacked.append(name)
+        return real(name, *args, **kwargs)
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(engine, "_evaluate_attack", counted)
+    try:
+        assert main([*TINY, "--results-dir", str(results), "--transfer-examples", mode]) == 0
+    finally:
+        mp.undo()
+        torch.set_num_threads(threads)
+    return attacked
+
+
+def _assert_only_transfer_changed(was: dict, now: dict) -> None:
+    other = sorted(a for a, e in was["attacks"].items() if e["kind"] != "transfer")
+    assert other and now["reused"] == other
+    for name in other:
+        assert now["attacks"][name] == was["attacks"][name]
+    checks = {c["name"]: c for c in was["sanity"]["checks"]}
+    for check in now["sanity"]["checks"]:          # every check again, the attacks' as they were
+        if check["name"].split(":")[-1] in other and check["name"].startswith(("eps_ball", "rescore")):
+            assert check == checks[check["name"]]
+    assert [c["name"] for c in now["sanity"]["checks"]] == list(checks)
+    # recomputed on the same checkpoint and points: the same clean mask and sweep
+    assert now["clean"] == was["clean"] and now["robustness_curve"] == was["robustness_curve"]
+
+
+def test_switching_back_per_source_reruns_only_the_transfer_attacks(grid_run, tmp_path):
+    """A folder evaluated per student and switched to per source (the committed studies'
+    way) scores its students on the source's stored examples and runs nothing else again;
+    the entries then equal those of the folder evaluated per source from the start."""
+    import shutil
+    results, _ = grid_run
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    assert _switch_mode(copy, "per-student")
+    was = {cell: _eval(copy, cell) for cell in STUDENTS}
+    attacked = _switch_mode(copy, "per-source")
+    assert sorted(attacked) == sorted(["transfer_pgd_trades", "transfer_cw_inf"] * 2)
+    for cell in STUDENTS:
+        now, fresh = _eval(copy, cell), _eval(results, cell)
+        _assert_only_transfer_changed(was[cell], now)
+        assert now["tables_key"] == fresh["tables_key"]
+        for name in ("transfer_pgd_trades", "transfer_cw_inf"):
+            assert now["attacks"][name]["correct"] == fresh["attacks"][name]["correct"]
+            assert now["attacks"][name]["settings"] == fresh["attacks"][name]["settings"]
+
+
+def test_reused_results_of_another_clean_mask_are_not_taken(points):
+    """The engine takes reused attack results only for the clean mask they were scored
+    against: given another model's, it attacks again."""
+    x, y = points
+    model = _net(0)
+    first = evaluate(model, x, y, ["fgsm"], 8 / 255, batch_size=8, expensive_checks=False)
+    reuse = {"clean": first["clean"]["correct"],
+             "attacks": {"fgsm": {"entry": {**first["attacks"]["fgsm"], "accuracy": -1.0},
+                                  "checks": []}}}
+    taken = evaluate(model, x, y, ["fgsm"], 8 / 255, batch_size=8, expensive_checks=False,
+                     reuse=reuse)
+    assert taken["attacks"]["fgsm"]["accuracy"] == -1.0 and taken["reused"] == ["fgsm"]
+    flipped = "".join("0" if c == "1" else "1" for c in first["clean"]["correct"])
+    again = evaluate(model, x, y, ["fgsm"], 8 / 255, batch_size=8, expensive_checks=False,
+                     reuse={**reuse, "clean": flipped})
+    assert again["attacks"]["fgsm"] == {**first["attacks"]["fgsm"],
+                                        "time_s": again["attacks"]["fgsm"]["time_s"],
+                                        "time_per_attacked_s":
+                                            again["attacks"]["fgsm"]["time_per_attacked_s"]}
+    assert "reused" not in again

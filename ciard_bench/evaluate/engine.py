@@ -187,6 +187,18 @@ def _read_cache(path: Any, key: str) -> dict:
     return data.get("attacks", {})
 
 
+def _reusable(reuse: dict | None, clean_ok: torch.Tensor, names: list[str]) -> dict:
+    """The attacks of ``reuse`` that this evaluation runs, if they were scored against the
+    same clean mask (else none: another model or other points)."""
+    if not reuse:
+        return {}
+    if reuse.get("clean") != encode_mask(clean_ok):
+        log.warning("not reusing earlier attack results: they were scored against another "
+                    "clean mask (another model or other points)")
+        return {}
+    return {a: r for a, r in reuse.get("attacks", {}).items() if a in names}
+
+
 def _restores_modes(fn):
     """Run ``fn(model, ..., source=...)`` with the model (and source) in eval mode, and give
     every submodule its own train/eval mode back on every exit, exceptions included: a caller
@@ -283,7 +295,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              sanity_examples: int = 100, aa_state: Any = None,
              overrides: dict | None = None, progress: bool = False, cache: Any = None,
              transfer: str = transfer_mod.DEFAULT, transfer_store: Any = None,
-             source_id: str | None = None) -> dict:
+             source_id: str | None = None, reuse: dict | None = None) -> dict:
     """Run ``attacks`` on ``(x, y)`` (images in [0, 1]) and return the result dict.
 
     ``overrides`` maps an attack name to setting overrides (``{"aa": {"version": "custom",
@@ -297,6 +309,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     attacks' examples are made (:mod:`.transfer`); per source, a ``transfer_store``
     (:class:`~.transfer.TransferStore`) with the source checkpoint's ``source_id`` keeps
     them for every other model scored on them, else they are crafted here, once per attack.
+
+    ``reuse`` (``{"clean": encoded clean mask, "attacks": {name: {"entry", "checks"}}}``):
+    attacks evaluated before on this model, points and settings, taken as they were instead
+    of attacking again, only if this model's clean mask is the one they were scored against
+    (the grid passes them when only the transfer examples' mode changed,
+    :func:`ciard_bench.grid.transfers.reusable`). The result lists them under ``reused``.
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -323,12 +341,14 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     clean = _entry(clean_ok)
     entries, correct = {}, {}
     key = _fingerprint(model, x, y, clean_ok, names, opt) if cache is not None else None
-    cached = _read_cache(cache, key)
+    reused = _reusable(reuse, clean_ok, names)
+    cached = {**reused, **_read_cache(cache, key)}
     for name in tqdm(names, desc="attacks", disable=not progress):
         if name in cached:
             entries[name], more = cached[name]["entry"], cached[name]["checks"]
             correct[name] = decode_mask(entries[name]["correct"])
-            log.info("%s: %.2f%% (cached in %s)", name, entries[name]["accuracy"], cache)
+            log.info("%s: %.2f%% (%s)", name, entries[name]["accuracy"],
+                     "reused" if name in reused else f"cached in {cache}")
         else:
             entries[name], correct[name], more = _evaluate_attack(name, model, x, y, clean_ok,
                                                                   clean["accuracy"], opt)
@@ -362,4 +382,5 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             "worst_case_white_box": {"attacks": white, **_entry(worst, clean["accuracy"])},
             "robustness_curve": curve, "sanity": {**sanity.summarize(checks), "cost": cost},
             "notes": notes, "time_s": time.perf_counter() - start,
+            **({"reused": sorted(reused)} if reused else {}),
             **({"plugins": used} if (used := plugins.provenance(attack=names)) else {})}

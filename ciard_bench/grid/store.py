@@ -63,7 +63,7 @@ from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from . import migrate, rehearsal
 from .cells import Cell, Grid
-from .keys import eval_key
+from .keys import eval_key, reusable
 from .locks import LOCK_DIR, file_lock
 from .procs import train_processes
 from .transfers import has_transfer, transfer_mode, transfer_store
@@ -251,6 +251,7 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
         rehearsal.eval_passes(grid, cell, model, x, y, device)
     key = eval_key(grid, cell, which)
     out = eval_path(grid, cell, which)
+    reuse = reusable(grid, cell, which, read_json(out))  # only the transfer mode changed
     RunDir(out.parent).clean_temporaries()      # left by a writer killed mid-write
     cache = out.with_name(out.name + ".partial.json")
     start = time.perf_counter()
@@ -260,7 +261,7 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
                       sanity_examples=p.sanity_examples,
                       aa_state=grid.run_dir(cell) / f"aa-state-{which}.json",
                       overrides=key["overrides"], cache=cache, transfer=transfer_mode(grid),
-                      transfer_store=store, source_id=key["source"])
+                      transfer_store=store, source_id=key["source"], reuse=reuse)
     seconds = time.perf_counter() - start
     if n < len(data.y_test) and "rehearse" not in grid.settings:  # did it learn the whole set
         result["clean_whole_test_set"] = _clean_accuracy(model, data, p.eval_batch_size, device)
@@ -270,7 +271,11 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
                    "tables_key": key, "provenance": provenance(device, cell.seed)})
     atomic_write_json(out, result)
     cache.unlink(missing_ok=True)
-    _record_timing(grid, cell, eval_s=seconds)
+    if result.get("reused") and "eval_s" in cell_timing(grid, cell):
+        # eval_s stays the time of the evaluation whose attacks were reused
+        _record_timing(grid, cell, eval_rerun_s=seconds)
+    else:
+        _record_timing(grid, cell, eval_s=seconds)
     return seconds
 
 
