@@ -41,16 +41,17 @@ from .config import (TrainConfig, add_method_arguments, add_train_arguments, con
                      load_config_file, resolve)
 from .data import ArrayDataset, list_datasets, make_loader
 from .distributed import (Dist, all_reduce_max, all_reduce_mean, average_gradients, barrier,
-                          broadcast_state, gather, max_difference, max_param_difference,
+                          broadcast_state, gather, max_param_difference,
                           report_failures, setup, teardown)
 from .errors import ArgumentParser, UserError, cli_main
 from .faults import kill_point
 from .methods import get_method, list_methods
 from .runchecks import NonFiniteLoss, check_first_loss, check_loss, check_resume, raise_if_bad  # noqa: F401
+from .runend import finish, state_equal, stop_requested, stopped
 from .runs import RunDir, check_writable, local_path, teacher_identities
 from .schedules import get_schedule
 from .signals import stop_at_look, stop_on_signals
-from .utils import provenance, resolve_device, rng_state, seed_everything, set_rng_state
+from .utils import resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("ciard_bench.train")
 LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs with the device)
@@ -242,7 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 save(epoch, i + 1, None, {"sums": {k: v.cpu() for k, v in sums.items()}, "n": n_done})
             if stop_now:
                 bar.close()
-                return _stopped(cfg, out, epoch, i + 1, d)
+                return stopped(cfg, out, epoch, i + 1, d)
         bar.close()
         method.end_epoch(epoch)
         refresh = method.batch_norm_refresh(epoch)
@@ -254,7 +255,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                   **epoch_means(sums, n_done, method.log_weights),
                   **{k: float(v) for k, v in method.state_summary().items()}}
         if d.enabled:   # the method state is global, so equal on every rank: checked each epoch
-            record["method_state_equal_on_all_ranks"] = _state_equal(method, d, epoch)
+            record["method_state_equal_on_all_ranks"] = state_equal(method, d, epoch)
         best = None
         if d.is_main and (epoch == cfg.epochs or (epoch >= cfg.eval_from
                                                   and epoch % cfg.eval_every == 0)):
@@ -272,59 +273,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                                        if isinstance(v, float) and k != "time_s"))
         save(epoch, 0, best, {})
         start_step, partial = 0, {}
-        if epoch < cfg.epochs and _stop_requested(stop, d, device):
-            return _stopped(cfg, out, epoch, 0, d)
+        if epoch < cfg.epochs and stop_requested(stop, d, device):
+            return stopped(cfg, out, epoch, 0, d)
     in_sync = max_param_difference(method, d)
-    result = _finish(rundir, cfg, history, device, d, in_sync, used) if d.is_main else {}
+    result = finish(rundir, cfg, history, device, d, in_sync, used) if d.is_main else {}
     teardown(d)   # waits for every rank first
-    return result
-
-
-def _stop_requested(stop: threading.Event, d: Dist, device: Any) -> bool:
-    """Whether to stop at the end of an epoch. One process: the flag. Several: every rank
-    must stop at the same point (saving is a collective): an all-reduce of the flag."""
-    if not d.enabled:
-        return stop.is_set()
-    flag = torch.tensor(int(stop.is_set()), device=device)
-    return bool(all_reduce_max(flag, d).item())
-
-
-def _stopped(cfg: TrainConfig, out: str, epoch: int, step: int, d: Dist) -> dict[str, Any]:
-    """The run saved at (epoch, step) on a stop request: say so, and return that (``out``:
-    the run folder as the config names it)."""
-    where = f"epoch {epoch} step {step}" if step else f"the end of epoch {epoch}"
-    if d.is_main:
-        log.warning("stop requested: saved %s at %s; --resume continues from there", out, where)
-    teardown(d)   # waits for every rank first
-    return {"interrupted": {"epoch": epoch, "step": step, "out": cfg.out}}
-
-
-def _state_equal(method, d: Dist, epoch: int) -> bool:
-    """Whether every rank holds exactly rank 0's method buffers (a collective); warns if not."""
-    diff = max_difference(list(method.adaptive_state().values()), d)
-    if diff != 0.0 and d.is_main:
-        log.warning("epoch %d: the method state differs between ranks by up to %g; a checkpoint "
-                    "holds rank 0's", epoch, diff)
-    return diff == 0.0
-
-
-def _finish(rundir: RunDir, cfg: TrainConfig, history: list, device, d: Dist,
-            rank_difference: float, used: list | None = None) -> dict[str, Any]:
-    state = rundir.read_state()
-    evaluated = [r for r in history if "wr" in r]
-    metrics = ("clean_acc", "pgd_trades_acc", "wr")
-    result = {
-        "method": cfg.method, "dataset": cfg.dataset, "student": cfg.student, "epochs": cfg.epochs,
-        "last": {"epoch": evaluated[-1]["epoch"], **{k: evaluated[-1][k] for k in metrics}} if evaluated else None,
-        "best": {"epoch": state["best"]["epoch"], **state["best"]["metrics"]} if state.get("best") else None,
-        "selection": "best = highest (clean + PGD_TRADES)/2 on the evaluation subset of the test set, "
-                     "as the released code; last = final epoch",
-        "checkpoints": {k: state[k] for k in ("last", "best") if k in state},
-        "config": cfg.to_dict(), "provenance": provenance(device, cfg.seed),
-        "processes": d.world_size, "max_parameter_difference_between_ranks": rank_difference,
-        **({"plugins": used} if used else {}),
-    }
-    atomic_write_json(rundir.root / "result.json", result)
     return result
 
 
