@@ -249,6 +249,7 @@ def test_line_and_budget_against_hand_computations():
     assert projection.fit_budget(per_process, 24)["setting"] == "--amp bf16"
 
 
+@pytest.mark.processes     # 2 gloo processes: run apart from other tests (conftest)
 def test_a_rehearsal_on_two_processes_per_cell_stops_and_resumes_them_exactly(tmp_path):
     """--procs-per-cell 2 (issue 21: the rehearsal works as for one process): the CIARD
     cell's three runs are 2 gloo processes each, stopped together after step 1 of epoch 2
