@@ -60,7 +60,7 @@ def build(cfg: TrainConfig, device, d: Dist = Dist(), results: Any = None) -> Ru
             raise UserError(f"method {cfg.method!r} needs --{role.replace('_', '-')} "
                             "(PATH | ARCH=PATH | rb:NAME; train one with python -m ciard_bench.teachers train)")
         teachers[role] = load_teacher(spec, dataset=cfg.dataset, num_classes=data.num_classes,
-                                      model_dir=cfg.teacher_model_dir, device="cpu")
+                                      model_dir=here.teacher_model_dir, device="cpu")
     ctx = Context(num_classes=data.num_classes, epochs=cfg.epochs, eps=cfg.eps, alpha=cfg.alpha,
                   steps=cfg.attack_steps, dist=d)
     if cfg.sync_bn and d.enabled:   # every model: a teacher in train mode (ITT) normalises too

@@ -15,7 +15,7 @@ import yaml
 from . import plugins
 from .errors import UserError
 from .methods import get_method, make_options
-from .runs import local_path
+from .runs import local_dataset, local_path
 from .schedules import get_schedule
 from .utils import finite, parse_eps, parse_fraction
 
@@ -111,10 +111,9 @@ def localize(cfg: TrainConfig, results: str | Path | None) -> TrainConfig:
     """``cfg`` with its paths inside a results folder (``results:...``: a grid cell's run
     folder, the teachers the grid trained, :mod:`ciard_bench.runs`) as this process opens
     them; what is recorded stays ``cfg``. Every other path is kept as the user gave it."""
-    dataset = cfg.dataset
-    if dataset.startswith("npz:"):
-        dataset = "npz:" + str(local_path(dataset[4:], results))
-    return dataclasses.replace(cfg, out=local_path(cfg.out, results), dataset=dataset,
+    return dataclasses.replace(cfg, out=local_path(cfg.out, results),
+                               dataset=local_dataset(cfg.dataset, results),
+                               teacher_model_dir=local_path(cfg.teacher_model_dir, results),
                                clean_teacher=local_path(cfg.clean_teacher, results),
                                robust_teacher=local_path(cfg.robust_teacher, results))
 

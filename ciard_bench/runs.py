@@ -123,6 +123,15 @@ class RunDir:
         return load_checkpoint(self.ckpt_dir / entry["file"], expected_sha256=entry["sha256"])
 
 
+def local_dataset(name: Any, results: str | Path | None) -> Any:
+    """A dataset name as this process opens it: ``npz:results:REL`` (a file the grid wrote
+    inside its results folder, as a rehearsal's synthetic stand-in) -> ``npz:<results>/REL``;
+    any other name unchanged."""
+    if isinstance(name, str) and name.startswith("npz:"):
+        return "npz:" + str(local_path(name[4:], results))
+    return name
+
+
 def check_writable(folder: str | Path) -> None:
     """Fail early, with one line, when ``folder`` cannot be created or written (writes nothing)."""
     folder = Path(folder).absolute()

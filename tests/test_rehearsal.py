@@ -65,10 +65,14 @@ def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
     assert "random weights" in rep["stand_ins"]["teachers"]["rb:Zhang2019Theoretically"]
     assert (folder / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt").is_file()
     assert not (root / "models").exists() and not (root / "results" / "paper").exists()
-    # the stand-in is named as the results folder is (relative here): no machine's path
+    # the stand-in and the zoo folder are named inside the rehearsal's folder: no path of
+    # the machine or of the folder in any record (an absolute folder: the next test)
     record = json.loads((folder / "grid.json").read_text())
-    assert {c["dataset"] for c in record["cells"]} == \
-        {"npz:results/paper-rehearsal/data/cifar10-synthetic.npz"}
+    assert {c["dataset"] for c in record["cells"]} == {"npz:results:data/cifar10-synthetic.npz"}
+    configs = [json.loads(f.read_text()) for f in (folder / "runs").rglob("config.json")]
+    assert configs and {c["teacher_model_dir"] for c in configs} == {"results:models"}
+    for f in folder.rglob("*.json"):
+        assert str(root) not in f.read_text(), f
     assert record["settings"]["rehearse"] == {"launcher": "local"}
     cells = {c["id"]: c for c in rep["cells"]}
     for cid in ("cifar10/teachers/clean/seed0", "cifar10/mobilenet_v2/ciard/seed0"):
@@ -120,6 +124,26 @@ def test_a_cut_paper_grid_is_rehearsed_and_reported(paper_cut):
     assert rep["projected_total_h"] > 0 and rep["dry_run_total_h"] > 0
     md = (folder / "rehearsal.md").read_text()
     assert all(f"`{cid}`" in md for cid in ids) and "rehearsal — not results" in md
+
+
+def test_a_rehearsal_in_a_folder_given_by_absolute_path_names_no_machine_path(tmp_path):
+    """Under SLURM the rehearsal's folder is absolute (jobs may start in another working
+    directory): its synthetic stand-in and its zoo folder are still named inside it
+    (``results:``), so a SLURM rehearsal's records hold no path of the machine either."""
+    from ciard_bench.grid import build_grid
+    from ciard_bench.grid.rehearsal import prepare
+    from ciard_bench.runs import local_dataset
+    real = build_grid(get_preset("smoke"), "results/smoke", datasets=["cifar10"],
+                      methods=["sat"], settings={"data_root": "no-data-here"})
+    folder = (tmp_path / "results" / "smoke-rehearsal").resolve()
+    grid, _ = prepare(real, folder)
+    configs = [c.config.to_dict() for c in grid.cells if c.trained]
+    assert configs and {c["dataset"] for c in configs} == {"npz:results:data/cifar10-synthetic.npz"}
+    assert {c["teacher_model_dir"] for c in configs} == {"results:models"}
+    assert str(tmp_path) not in json.dumps([configs, grid.settings], default=str)
+    # and opened inside the folder wherever it is
+    assert local_dataset(configs[0]["dataset"], folder) == f"npz:{folder}/data/cifar10-synthetic.npz"
+    assert (folder / "data" / "cifar10-synthetic.npz").is_file()
 
 
 def test_rehearsal_tables_say_so_and_name_an_npz_dataset_by_its_stem(paper_cut):

@@ -53,7 +53,7 @@ from ..config import localize, resolve
 from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
 from ..models import robustbench_path, write_random_zoo_file, zoo_dataset
-from ..runs import RunDir, in_results, local_path
+from ..runs import RunDir, in_results, local_dataset, local_path
 from ..signals import StopAtLook
 from ..utils import resolve_device
 from .cells import Cell, Grid, build_grid, dataset_slug
@@ -119,7 +119,7 @@ def prepare(real: Grid, folder: Path, teacher_specs: dict | None = None) -> tupl
     grid = build_grid(preset, folder, datasets=[datasets[d] for d in names],
                       students=students or None, methods=methods or None,
                       teacher_specs=teacher_specs, seeds=len(real.seeds),
-                      settings={**s, "model_dir": str(folder / "models")})
+                      settings={**s, "model_dir": in_results("models")})
     plan["cells"] = {c.id: _real_id(c.id, datasets) for c in grid.cells}
     unmatched = sorted({c.id for c in real.cells} ^ set(plan["cells"].values()))
     if unmatched:     # the two grids are built by the same code: a bug, not a user error
@@ -153,8 +153,8 @@ def _dataset(name: str, root: str, folder: Path, n_train: int) -> tuple[str, str
         if name.startswith("npz:") or name.lower() not in SHAPES:
             raise
     classes, side = SHAPES[name.lower()]
-    # as the results folder is: relative under the local launcher (no machine's path in
-    # grid.json or the page), absolute under SLURM (jobs may start elsewhere)
+    # named inside the rehearsal's folder (npz:results:data/...): no machine's path in its
+    # records, wherever the folder is (under SLURM it is absolute: jobs may start elsewhere)
     path = folder / "data" / f"{name.lower()}-synthetic.npz"
     if not path.is_file() or _train_size(path) < n_train:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def _dataset(name: str, root: str, folder: Path, n_train: int) -> tuple[str, str
         tmp = path.with_name(path.name + ".part.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
-    return f"npz:{path}", (f"{name}: synthetic ({classes} classes, {side}x{side} random images; "
+    return f"npz:{in_results(path.relative_to(folder))}", (f"{name}: synthetic ({classes} classes, {side}x{side} random images; "
                            f"{name} was not under {root})")
 
 
@@ -180,7 +180,7 @@ def _train_size(path: Path) -> int:
 def _zoo_teacher(cell: Cell, real: Grid, folder: Path) -> str:
     """Put the ``rb:`` teacher of ``cell`` into the rehearsal's model folder: the real file
     (linked) where ``--model-dir`` has it, else a random-weight stand-in; what was done."""
-    data = load_dataset(cell.dataset, root=real.settings["data_root"])
+    data = load_dataset(local_dataset(cell.dataset, folder), root=real.settings["data_root"])
     zoo, name = zoo_dataset(cell.spec, cell.dataset, data.num_classes)
     found = robustbench_path(name, zoo, real.settings["model_dir"])
     target = robustbench_path(name, zoo, folder / "models")
@@ -226,7 +226,7 @@ def train_task(grid: Grid, cell: Cell) -> dict[str, Any]:
         measure = dataclasses.replace(real, dataset=here.dataset, data_root=cfg.data_root,
                                       clean_teacher=here.clean_teacher,
                                       robust_teacher=here.robust_teacher,
-                                      teacher_model_dir=cfg.teacher_model_dir, out=here.out,
+                                      teacher_model_dir=here.teacher_model_dir, out=here.out,
                                       batch_size=real.batch_size // procs)
         start = time.perf_counter()
         record["measured"] = {**measure_training(measure, device), "procs": procs,

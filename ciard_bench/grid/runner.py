@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..checkpoint import atomic_write_text
 from ..config import resolve
 from ..errors import UserError, quiet_third_party_warnings
-from ..runs import RunDir
+from ..runs import RunDir, local_dataset
 from . import store
 from .cells import Cell, Grid
 
@@ -307,16 +307,17 @@ def _by_kind(grid: Grid, cells: Sequence[Cell], ran: dict) -> dict[str, dict[str
 def _steps_done(grid: Grid, cell: Cell) -> int:
     last = RunDir(grid.run_dir(cell)).read_state().get("last") or {}
     epoch, step = last.get("epoch", 0), last.get("step", 0)
-    per_epoch = _steps_per_epoch(cell)
+    per_epoch = _steps_per_epoch(grid, cell)
     return (epoch - (1 if step else 0)) * per_epoch + step if per_epoch else 0
 
 
-def _steps_per_epoch(cell: Cell) -> int | None:
+def _steps_per_epoch(grid: Grid, cell: Cell) -> int | None:
     cfg = resolve(cell.config)
     n = cfg.n_train or TRAIN_SIZES.get(cfg.dataset)
     if n is None:  # npz:PATH and the like: read the file (cached for the whole grid)
         try:
-            n = len(store.cached_dataset(cfg.dataset, cfg.data_root, False).y_train)
+            n = len(store.cached_dataset(local_dataset(cfg.dataset, grid.results), cfg.data_root,
+                                         False).y_train)
         except UserError:
             return None
     return math.ceil(n / cfg.batch_size)
@@ -347,7 +348,7 @@ def estimate(grid: Grid, cells: Sequence[Cell], which: str) -> dict[str, Any]:
         row = {"id": cell.id, "status": state, "train_s": 0.0, "eval_s": 0.0}
         kind = "teacher" if cell.kind == "teacher" else "student"
         if state in (store.MISSING, store.PARTIAL) and cell.trained:
-            per_epoch = _steps_per_epoch(cell)
+            per_epoch = _steps_per_epoch(grid, cell)
             steps = (per_epoch or 0) * resolve(cell.config).epochs - _steps_done(grid, cell)
             step_s = _measured(grid, kind, "train")
             sources.add("measured" if step_s else "assumed")

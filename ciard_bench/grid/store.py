@@ -58,7 +58,7 @@ from ..data import load_dataset, to_float_nchw
 from ..errors import UserError
 from ..evaluate import evaluate, predict, wilson
 from ..models import load_model_file, load_teacher
-from ..runs import RunDir, teacher_sha256
+from ..runs import RunDir, local_dataset, local_path, teacher_sha256
 from ..train import STOP, train
 from ..utils import provenance, resolve_device
 from . import migrate, rehearsal
@@ -183,7 +183,8 @@ def cached_dataset(name: str, root: str, download: bool) -> Any:
 
 def _model(grid: Grid, cell: Cell, which: str, num_classes: int, device: Any) -> Any:
     if not cell.trained:
-        return load_teacher(cell.spec, cell.dataset, num_classes, grid.settings["model_dir"],
+        return load_teacher(cell.spec, cell.dataset, num_classes,
+                            local_path(grid.settings["model_dir"], grid.results),
                             device=device)
     model, _ = load_model_file(grid.run_dir(cell), which="best" if cell.kind == "teacher"
                                else which, device=device)
@@ -237,7 +238,7 @@ def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
 def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     s, p = grid.settings, grid.preset
     device = resolve_device(s["device"])
-    data = cached_dataset(cell.dataset, s["data_root"], s["download"])
+    data = cached_dataset(local_dataset(cell.dataset, grid.results), s["data_root"], s["download"])
     n = min(p.n_examples or len(data.y_test), len(data.y_test))
     # contiguous: a permuted batch makes some small convolutions' backward unsafe (torch 2.14)
     x, y = to_float_nchw(data.x_test[:n]).contiguous(), data.y_test[:n]

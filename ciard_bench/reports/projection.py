@@ -40,6 +40,7 @@ from ..config import resolve
 from ..data import load_dataset
 from ..grid import runner, store, transfers
 from ..grid.cells import Cell, Grid
+from ..runs import local_dataset
 
 GB = 1e9
 TEST_SIZES = {"cifar10": 10000, "cifar100": 10000, "tiny_imagenet": 10000, "digits": 359}
@@ -241,4 +242,5 @@ def _evaluation(real: Grid, grid: Grid, cell: Cell, real_cell: Cell, records: di
 
 
 def _classes(grid: Grid, cell: Cell) -> int:
-    return store.cached_dataset(cell.dataset, grid.settings["data_root"], False).num_classes
+    return store.cached_dataset(local_dataset(cell.dataset, grid.results), grid.settings["data_root"],
+                                False).num_classes
