@@ -294,18 +294,24 @@ def test_a_folder_keeps_its_mode_and_the_switch_re_evaluates_per_student(grid_ru
 
 
 def _switch_mode(results: Path, mode: str) -> list[str]:
-    """Run the tiny grid on ``results`` with ``--transfer-examples mode``; the attacks run."""
+    """Run the tiny grid on ``results`` with ``--transfer-examples mode``; the attacks run
+    (and ``expensive_checks`` for each time the eps sweep and noise check ran)."""
     from ciard_bench.evaluate import engine
     from ciard_bench.tables import main
     attacked: list[str] = []
-    real = engine._evaluate_attack
+    real, sweep = engine._evaluate_attack, engine._expensive_checks
 
     def counted(name, *args, **kwargs):
         attacked.append(name)
         return real(name, *args, **kwargs)
+
+    def swept(*args, **kwargs):
+        attacked.append("expensive_checks")
+        return sweep(*args, **kwargs)
     threads = torch.get_num_threads()
     mp = pytest.MonkeyPatch()
     mp.setattr(engine, "_evaluate_attack", counted)
+    mp.setattr(engine, "_expensive_checks", swept)
     try:
         assert main([*TINY, "--results-dir", str(results), "--transfer-examples", mode]) == 0
     finally:
@@ -324,8 +330,9 @@ def _assert_only_transfer_changed(was: dict, now: dict) -> None:
         if check["name"].split(":")[-1] in other and check["name"].startswith(("eps_ball", "rescore")):
             assert check == checks[check["name"]]
     assert [c["name"] for c in now["sanity"]["checks"]] == list(checks)
-    # recomputed on the same checkpoint and points: the same clean mask and sweep
+    # the clean mask recomputed on the same checkpoint and points; the sweep taken with it
     assert now["clean"] == was["clean"] and now["robustness_curve"] == was["robustness_curve"]
+    assert now["sanity"]["cost"] == was["sanity"]["cost"]
 
 
 def test_switching_back_per_source_reruns_only_the_transfer_attacks(grid_run, tmp_path):

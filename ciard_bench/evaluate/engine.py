@@ -42,6 +42,7 @@ from ..utils import eval_mode, seed_everything, tensor_sha256
 from . import transfer as transfer_mod
 from .scoring import decode_mask, encode_mask, predict, wilson  # noqa: F401  (public here too)
 from .scoring import entry as _entry
+from .reuse import reusable_attacks
 
 log = logging.getLogger(__name__)
 
@@ -187,18 +188,6 @@ def _read_cache(path: Any, key: str) -> dict:
     return data.get("attacks", {})
 
 
-def _reusable(reuse: dict | None, clean_ok: torch.Tensor, names: list[str]) -> dict:
-    """The attacks of ``reuse`` that this evaluation runs, if they were scored against the
-    same clean mask (else none: another model or other points)."""
-    if not reuse:
-        return {}
-    if reuse.get("clean") != encode_mask(clean_ok):
-        log.warning("not reusing earlier attack results: they were scored against another "
-                    "clean mask (another model or other points)")
-        return {}
-    return {a: r for a, r in reuse.get("attacks", {}).items() if a in names}
-
-
 def _restores_modes(fn):
     """Run ``fn(model, ..., source=...)`` with the model (and source) in eval mode, and give
     every submodule its own train/eval mode back on every exit, exceptions included: a caller
@@ -310,11 +299,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     (:class:`~.transfer.TransferStore`) with the source checkpoint's ``source_id`` keeps
     them for every other model scored on them, else they are crafted here, once per attack.
 
-    ``reuse`` (``{"clean": encoded clean mask, "attacks": {name: {"entry", "checks"}}}``):
-    attacks evaluated before on this model, points and settings, taken as they were instead
-    of attacking again, only if this model's clean mask is the one they were scored against
-    (the grid passes them when only the transfer examples' mode changed,
-    :func:`ciard_bench.grid.transfers.reusable`). The result lists them under ``reused``.
+    ``reuse`` (``{"clean": encoded clean mask, "attacks": {name: {"entry", "checks"}},
+    "expensive": expensive_part(result)}``): attacks evaluated before on this model, points
+    and settings, taken as they were instead of attacking again, and the expensive checks
+    with them, only if this model's clean mask is the one they were scored against (the grid
+    passes them when only the transfer examples' mode changed,
+    :func:`ciard_bench.grid.keys.reusable`, :mod:`.reuse`). The result lists the attacks under ``reused``.
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -341,7 +331,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     clean = _entry(clean_ok)
     entries, correct = {}, {}
     key = _fingerprint(model, x, y, clean_ok, names, opt) if cache is not None else None
-    reused = _reusable(reuse, clean_ok, names)
+    reused = reusable_attacks(reuse, clean_ok, names)
     cached = {**reused, **_read_cache(cache, key)}
     for name in tqdm(names, desc="attacks", disable=not progress):
         if name in cached:
@@ -366,7 +356,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     for a in white:
         worst &= correct[a]
     curve, cost = None, {"expensive_checks": expensive_checks}
-    if expensive_checks:
+    if expensive_checks and reused and (reuse or {}).get("expensive"):
+        # the eps sweep and the noise check depend on the model, points and settings only
+        more, curve = reuse["expensive"]["checks"], reuse["expensive"]["curve"]
+        checks += more
+        cost.update(reuse["expensive"]["cost"])
+    elif expensive_checks:
         more, curve, sweep_cost = _expensive_checks(model, x, y, clean_ok, correct, opt,
                                                     sanity_examples)
         checks += more

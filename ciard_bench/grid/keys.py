@@ -9,6 +9,7 @@ from typing import Any
 
 from ..attacks import get_attack
 from ..evaluate import transfer
+from ..evaluate.reuse import expensive_part
 from ..runs import RunDir, local_path, teacher_sha256
 from .cells import Cell, Grid
 from .transfers import has_transfer, transfer_mode
@@ -57,8 +58,9 @@ def _checkpoint_id(grid: Grid, cell: Cell, which: str, by_content: bool = True) 
 def reusable(grid: Grid, cell: Cell, which: str, stored: dict | None) -> dict | None:
     """What of the stored evaluation ``stored`` a new one takes as it is (the engine's
     ``reuse``): when its key differs from today's only in how the transfer examples are
-    made (a folder evaluated per student, now per source, or back), its other attacks ran on
-    the same checkpoint, points and settings, and only the transfer attacks run again.
+    made (a folder evaluated per student, now per source, or back), its other attacks and
+    its expensive checks (eps sweep, noise) ran on the same checkpoint, points and settings,
+    and only the transfer attacks run again.
     ``None`` when the key is today's (nothing to do) or differs in anything else."""
     if not stored or not has_transfer(cell):
         return None
@@ -72,7 +74,8 @@ def reusable(grid: Grid, cell: Cell, which: str, stored: dict | None) -> dict | 
                                                                    f"rescore:{a}")]}
                for a in cell.attacks
                if get_attack(a).kind != "transfer" and a in stored.get("attacks", {})}
-    return {"clean": stored["clean"]["correct"], "attacks": attacks}
+    return {"clean": stored["clean"]["correct"], "attacks": attacks,
+            "expensive": expensive_part(stored)}
 
 
 def _without_mode(key: dict[str, Any]) -> dict[str, Any]:
