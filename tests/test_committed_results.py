@@ -4,8 +4,8 @@
   set), the SAT ResNet student's PGD_TRADES accuracy lies in the 20-80 % band the attack
   strength was chosen for, no sanity check failed;
 - the smoke is a slice of the cpu study: its Tables 2-7 equal the cpu study's seed-0 values
-  (same cells, same best epochs; the transfer columns only once both craft their transfer
-  examples the same way), and its AutoAttack (APGD-T on 3 target classes instead of
+  (same cells, same best epochs; the transfer columns too, both crafting their transfer
+  examples once per source), and its AutoAttack (APGD-T on 3 target classes instead of
   9, the same first three) can only leave as many points robust or more.
 
 These read files, not runs: a re-run that changes a number must update the files, and this
@@ -55,9 +55,9 @@ def _transfer_examples(folder: Path) -> str:
 
 @pytest.mark.parametrize("table", ["table2", "table3", "table4", "table5", "table6", "table7"])
 def test_smoke_tables_are_the_cpu_studys_seed_0(table):
-    """Every entry, except the transfer columns of Tables 5-6 while the two folders craft
-    their transfer examples differently (the smoke once per source, the cpu study per
-    student until it is re-evaluated; results/README.md compares the two)."""
+    """Every entry, the transfer columns too now that both folders craft their transfer
+    examples once per source (they were compared only without them while the cpu study was
+    per student)."""
     smoke, cpu = _seed_values(SMOKE, table), _seed_values(CPU, table)
     assert len(smoke) > 0 and set(smoke.index) <= set(cpu.index)
     if _transfer_examples(SMOKE) != _transfer_examples(CPU):
@@ -66,12 +66,26 @@ def test_smoke_tables_are_the_cpu_studys_seed_0(table):
     pd.testing.assert_series_equal(smoke, cpu.loc[smoke.index], check_names=False)
 
 
-def test_the_smoke_shares_its_transfer_examples_and_the_cpu_study_is_per_student():
-    assert _transfer_examples(SMOKE) == "per_source"
-    assert _transfer_examples(CPU) == "per_student"
-    caption = (SMOKE / "table5.md").read_text()
-    assert "crafted once on the robust teacher for every point" in caption
-    assert "crafted once" not in (CPU / "table5.md").read_text()
+def test_both_studies_share_their_transfer_examples_per_source():
+    """The cpu study was re-evaluated once per source (results/README.md compares it with
+    its per-student values): its students read their robust teacher's one crafting."""
+    assert _transfer_examples(SMOKE) == _transfer_examples(CPU) == "per_source"
+    for folder in (SMOKE, CPU):
+        caption = (folder / "table5.md").read_text()
+        assert "crafted once on the robust teacher for every point" in caption
+    for seed in range(3):
+        record = json.loads((CPU / "runs" / "digits" / "teachers" / "robust" / f"seed{seed}"
+                             / "transfer.json").read_text())
+        crafted = {e["attack"]: e["sha256"] for e in record["examples"].values()}
+        assert sorted(crafted) == ["transfer_cw_inf", "transfer_pgd_trades"]
+        students = sorted((CPU / "runs" / "digits").glob(f"*/*/seed{seed}/eval-best.json"))
+        read = [json.loads(f.read_text()) for f in students]
+        read = [r for r in read if "transfer_pgd_trades" in r["attacks"]]
+        assert len(read) == 32       # 16 methods x 2 students
+        for r in read:
+            assert r["tables_key"]["transfer_examples"] == "per_source"
+            for name in crafted:
+                assert r["attacks"][name]["settings"]["examples"] == "per_source"
 
 
 def test_smoke_autoattack_with_fewer_targets_is_never_stronger():
