@@ -299,12 +299,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     (:class:`~.transfer.TransferStore`) with the source checkpoint's ``source_id`` keeps
     them for every other model scored on them, else they are crafted here, once per attack.
 
-    ``reuse`` (``{"clean": encoded clean mask, "attacks": {name: {"entry", "checks"}},
-    "expensive": expensive_part(result)}``): attacks evaluated before on this model, points
-    and settings, taken as they were instead of attacking again, and the expensive checks
-    with them, only if this model's clean mask is the one they were scored against (the grid
-    passes them when only the transfer examples' mode changed,
-    :func:`ciard_bench.grid.keys.reusable`, :mod:`.reuse`). The result lists the attacks under ``reused``.
+    ``reuse`` (:func:`.reuse.reuse_from` a stored result): attacks evaluated before on this
+    model, points and settings, taken as they were instead of attacking again, and the
+    expensive checks with them, only if this model's clean mask is the one they were scored
+    against (the grid passes them when only the transfer examples' mode changed,
+    :func:`ciard_bench.grid.keys.reusable`). The result lists the attacks under ``reused``.
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -356,14 +355,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     for a in white:
         worst &= correct[a]
     curve, cost = None, {"expensive_checks": expensive_checks}
-    if expensive_checks and reused and (reuse or {}).get("expensive"):
-        # the eps sweep and the noise check depend on the model, points and settings only
-        more, curve = reuse["expensive"]["checks"], reuse["expensive"]["curve"]
-        checks += more
-        cost.update(reuse["expensive"]["cost"])
-    elif expensive_checks:
-        more, curve, sweep_cost = _expensive_checks(model, x, y, clean_ok, correct, opt,
-                                                    sanity_examples)
+    if expensive_checks:
+        if reused and reuse.get("expensive"):   # they depend on the model, points, settings
+            sweep = reuse["expensive"]
+            more, curve, sweep_cost = sweep["checks"], sweep["curve"], sweep["cost"]
+        else:
+            more, curve, sweep_cost = _expensive_checks(model, x, y, clean_ok, correct, opt,
+                                                        sanity_examples)
         checks += more
         cost.update(sweep_cost)
     notes = [] if source is not None or "all" not in str(attacks) else [

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..attacks import get_attack
 from ..evaluate import transfer
-from ..evaluate.reuse import expensive_part
+from ..evaluate.reuse import reuse_from
 from ..runs import RunDir, local_path, teacher_sha256
 from .cells import Cell, Grid
 from .transfers import has_transfer, transfer_mode
@@ -55,27 +55,22 @@ def _checkpoint_id(grid: Grid, cell: Cell, which: str, by_content: bool = True) 
     return entry["sha256"] if entry else None
 
 
-def reusable(grid: Grid, cell: Cell, which: str, stored: dict | None) -> dict | None:
-    """What of the stored evaluation ``stored`` a new one takes as it is (the engine's
-    ``reuse``): when its key differs from today's only in how the transfer examples are
-    made (a folder evaluated per student, now per source, or back), its other attacks and
-    its expensive checks (eps sweep, noise) ran on the same checkpoint, points and settings,
-    and only the transfer attacks run again.
+def reusable(grid: Grid, cell: Cell, which: str, key: dict[str, Any],
+             stored: dict | None) -> dict | None:
+    """What of the stored evaluation ``stored`` a new one with ``key`` (today's
+    :func:`eval_key`) takes as it is (the engine's ``reuse``): when the keys differ only in
+    how the transfer examples are made (a folder evaluated per student, now per source, or
+    back), its other attacks and its expensive checks (eps sweep, noise) ran on the same
+    checkpoint, points and settings, and only the transfer attacks run again.
     ``None`` when the key is today's (nothing to do) or differs in anything else."""
     if not stored or not has_transfer(cell):
         return None
     was = stored.get("tables_key") or {}
-    now = [eval_key(grid, cell, which), eval_key(grid, cell, which, by_content=False)]
+    now = [key, eval_key(grid, cell, which, by_content=False)]
     if was in now or _without_mode(was) not in [_without_mode(k) for k in now]:
         return None
-    checks = stored.get("sanity", {}).get("checks", [])
-    attacks = {a: {"entry": stored["attacks"][a],
-                   "checks": [c for c in checks if c.get("name") in (f"eps_ball:{a}",
-                                                                   f"rescore:{a}")]}
-               for a in cell.attacks
-               if get_attack(a).kind != "transfer" and a in stored.get("attacks", {})}
-    return {"clean": stored["clean"]["correct"], "attacks": attacks,
-            "expensive": expensive_part(stored)}
+    return reuse_from(stored, [a for a in cell.attacks if get_attack(a).kind != "transfer"
+                               and a in stored.get("attacks", {})])
 
 
 def _without_mode(key: dict[str, Any]) -> dict[str, Any]:

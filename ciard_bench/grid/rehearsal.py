@@ -168,8 +168,9 @@ def _dataset(name: str, root: str, folder: Path, n_train: int) -> tuple[str, str
         tmp = path.with_name(path.name + ".part.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
-    return f"npz:{in_results(path.relative_to(folder))}", (f"{name}: synthetic ({classes} classes, {side}x{side} random images; "
-                           f"{name} was not under {root})")
+    return f"npz:{in_results(path.relative_to(folder))}", (
+        f"{name}: synthetic ({classes} classes, {side}x{side} random images; "
+        f"{name} was not under {root})")
 
 
 def _train_size(path: Path) -> int:

@@ -238,7 +238,8 @@ def evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
 def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
     s, p = grid.settings, grid.preset
     device = resolve_device(s["device"])
-    data = cached_dataset(local_dataset(cell.dataset, grid.results), s["data_root"], s["download"])
+    data = cached_dataset(local_dataset(cell.dataset, grid.results), s["data_root"],
+                          s["download"])
     n = min(p.n_examples or len(data.y_test), len(data.y_test))
     # contiguous: a permuted batch makes some small convolutions' backward unsafe (torch 2.14)
     x, y = to_float_nchw(data.x_test[:n]).contiguous(), data.y_test[:n]
@@ -252,7 +253,7 @@ def _evaluate_cell(grid: Grid, cell: Cell, which: str) -> float:
         rehearsal.eval_passes(grid, cell, model, x, y, device)
     key = eval_key(grid, cell, which)
     out = eval_path(grid, cell, which)
-    reuse = reusable(grid, cell, which, read_json(out))  # only the transfer mode changed
+    reuse = reusable(grid, cell, which, key, read_json(out))  # only the transfer mode changed
     RunDir(out.parent).clean_temporaries()      # left by a writer killed mid-write
     cache = out.with_name(out.name + ".partial.json")
     start = time.perf_counter()

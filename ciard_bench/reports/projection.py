@@ -242,5 +242,5 @@ def _evaluation(real: Grid, grid: Grid, cell: Cell, real_cell: Cell, records: di
 
 
 def _classes(grid: Grid, cell: Cell) -> int:
-    return store.cached_dataset(local_dataset(cell.dataset, grid.results), grid.settings["data_root"],
-                                False).num_classes
+    name = local_dataset(cell.dataset, grid.results)
+    return store.cached_dataset(name, grid.settings["data_root"], False).num_classes
