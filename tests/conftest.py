@@ -44,5 +44,5 @@ def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
-        name = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("processes" if _starts_processes(item) else name))
+        together = item.get_closest_marker("processes") is not None
+        item.add_marker(pytest.mark.xdist_group("processes" if together else item.module.__name__))
